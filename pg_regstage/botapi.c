@@ -1,0 +1,546 @@
+/*
+ * botapi.c — the Telegram Bot API client used by the commit.
+ *
+ * Each document goes through two requests, the way Telegram serves files:
+ *   POST <api>/bot<token>/getFile {"file_id": ...}  ->  result.file_path
+ *   GET  <api>/file/bot<token>/<file_path>          ->  the bytes
+ * All documents of a registration run concurrently on one curl multi
+ * handle; each moves to its download as soon as its getFile answers.
+ * Content is streamed into the caller's file descriptor, hashed on the
+ * way, and never held in memory.
+ *
+ * libcurl's handles are malloc'd and must not be jumped over: the whole
+ * transfer loop runs inside PG_TRY with cleanup in PG_FINALLY, and the
+ * curl callbacks themselves never raise (they record and return 0).
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+#include <unistd.h>
+
+#include "common/cryptohash.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "botapi.h"
+#include "guc.h"
+
+#define GETFILE_BODY_MAX 65536
+#define WAIT_SLICE_MS 100		/* bounds cancel latency */
+#define CONNECT_TIMEOUT_MAX_MS 10000
+
+typedef enum XferState
+{
+	XFER_GETFILE,
+	XFER_DOWNLOAD,
+	XFER_DONE
+} XferState;
+
+typedef struct Transfer
+{
+	BotApiFile *file;
+	XferState	state;
+	CURL	   *easy;
+	struct curl_slist *headers;
+	TimestampTz deadline;		/* getFile + download share download_timeout */
+
+	/* getFile answer */
+	char	   *body;
+	size_t		body_len;
+	bool		body_overflow;
+	int64		expected_size;	/* getFile's file_size, or -1 */
+
+	/* download */
+	bool		status_checked;
+	bool		status_ok;
+	int64		written;
+	int			write_errno;
+	bool		too_big;
+	pg_cryptohash_ctx *sha;
+	unsigned char head[16];
+	int			head_len;
+
+	char		errbuf[CURL_ERROR_SIZE];
+} Transfer;
+
+/*
+ * Replace every occurrence of the bot token in text.  Applied to every
+ * string that comes from curl or from the server before it is shown.
+ */
+char *
+botapi_redact(const char *text)
+{
+	const char *token = regstage_bot_token;
+	size_t		tlen = token ? strlen(token) : 0;
+	StringInfoData out;
+	const char *p = text;
+	const char *hit;
+
+	if (tlen == 0)
+		return pstrdup(text);
+	initStringInfo(&out);
+	while ((hit = strstr(p, token)) != NULL)
+	{
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, "<token>");
+		p = hit + tlen;
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/* curl progress callback: abort the transfer when a cancel or terminate is pending. */
+static int
+xfer_progress_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
+				 curl_off_t ultotal, curl_off_t ulnow)
+{
+	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
+}
+
+static size_t
+getfile_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	Transfer   *t = userdata;
+	size_t		n = size * nmemb;
+
+	if (t->body_len + n > GETFILE_BODY_MAX)
+	{
+		t->body_overflow = true;
+		return 0;
+	}
+	memcpy(t->body + t->body_len, ptr, n);
+	t->body_len += n;
+	t->body[t->body_len] = '\0';
+	return n;
+}
+
+static size_t
+download_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	Transfer   *t = userdata;
+	size_t		n = size * nmemb;
+	size_t		off = 0;
+
+	if (!t->status_checked)
+	{
+		long		code = 0;
+
+		curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
+		t->status_ok = (code == 200);
+		t->status_checked = true;
+	}
+	if (!t->status_ok)
+		return n;				/* an error page: not part of any file */
+
+	if (t->written + (int64) n > (int64) regstage_max_file_size)
+	{
+		t->too_big = true;
+		return 0;
+	}
+	while (off < n)
+	{
+		ssize_t		w = write(t->file->fd, ptr + off, n - off);
+
+		if (w < 0)
+		{
+			if (errno == EINTR)
+				continue;
+			t->write_errno = errno;
+			return 0;
+		}
+		off += w;
+	}
+	if (t->head_len < (int) sizeof(t->head))
+	{
+		int			k = Min((int) n, (int) sizeof(t->head) - t->head_len);
+
+		memcpy(t->head + t->head_len, ptr, k);
+		t->head_len += k;
+	}
+	if (pg_cryptohash_update(t->sha, (uint8 *) ptr, n) < 0)
+	{
+		t->write_errno = ENOMEM;
+		return 0;
+	}
+	t->written += n;
+	return n;
+}
+
+/* The file extension, from the content's magic bytes. */
+static const char *
+sniff_extension(const unsigned char *h, int len)
+{
+	if (len >= 3 && h[0] == 0xFF && h[1] == 0xD8 && h[2] == 0xFF)
+		return "jpg";
+	if (len >= 8 && memcmp(h, "\x89PNG\r\n\x1a\n", 8) == 0)
+		return "png";
+	if (len >= 5 && memcmp(h, "%PDF-", 5) == 0)
+		return "pdf";
+	if (len >= 4 && memcmp(h, "GIF8", 4) == 0)
+		return "gif";
+	if (len >= 12 && memcmp(h, "RIFF", 4) == 0 && memcmp(h + 8, "WEBP", 4) == 0)
+		return "webp";
+	if (len >= 12 && memcmp(h + 4, "ftyp", 4) == 0 &&
+		(memcmp(h + 8, "heic", 4) == 0 || memcmp(h + 8, "heix", 4) == 0 ||
+		 memcmp(h + 8, "mif1", 4) == 0))
+		return "heic";
+	return "bin";
+}
+
+/* Telegram file paths look like "photos/file_12.jpg"; anything else is refused. */
+static bool
+file_path_is_safe(const char *p, size_t len)
+{
+	if (len == 0 || len > 512 || p[0] == '/' ||
+		strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./") != len)
+		return false;
+	if (strstr(p, "..") != NULL || strstr(p, "//") != NULL)
+		return false;
+	return true;
+}
+
+static long
+remaining_ms(Transfer *t)
+{
+	long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), t->deadline);
+
+	return Max(ms, 1);
+}
+
+/* Options every request shares. */
+static void
+easy_common_setup(Transfer *t, const char *url)
+{
+	CURL	   *e = t->easy;
+
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "pg_regstage/1.0");
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, remaining_ms(t));
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+					 Min(remaining_ms(t), (long) CONNECT_TIMEOUT_MAX_MS));
+	curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, xfer_progress_cb);
+	curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+	t->errbuf[0] = '\0';
+}
+
+static void
+start_getfile(Transfer *t, CURLM *multi)
+{
+	StringInfoData url;
+	StringInfoData body;
+
+	initStringInfo(&url);
+	appendStringInfo(&url, "%s/bot%s/getFile", regstage_telegram_api_url, regstage_bot_token);
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"file_id\": ");
+	escape_json(&body, t->file->file_id);
+	appendStringInfoChar(&body, '}');
+
+	t->body = palloc(GETFILE_BODY_MAX + 1);
+	t->body[0] = '\0';
+	t->easy = curl_easy_init();
+	t->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (t->easy == NULL || t->headers == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory in libcurl")));
+	easy_common_setup(t, url.data);
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(t->easy, CURLOPT_COPYPOSTFIELDS, body.data);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, getfile_write_cb);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	t->state = XFER_GETFILE;
+	if (curl_multi_add_handle(multi, t->easy) != CURLM_OK)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not start a libcurl transfer")));
+	pfree(url.data);
+}
+
+static void
+start_download(Transfer *t, CURLM *multi, const char *file_path)
+{
+	StringInfoData url;
+
+	initStringInfo(&url);
+	appendStringInfo(&url, "%s/file/bot%s/%s", regstage_telegram_api_url, regstage_bot_token, file_path);
+	curl_multi_remove_handle(multi, t->easy);
+	curl_easy_reset(t->easy);
+	easy_common_setup(t, url.data);
+	curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) regstage_max_file_size);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, download_write_cb);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	t->sha = pg_cryptohash_create(PG_SHA256);
+	if (t->sha == NULL || pg_cryptohash_init(t->sha) < 0)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not initialise sha256")));
+	t->state = XFER_DOWNLOAD;
+	if (curl_multi_add_handle(multi, t->easy) != CURLM_OK)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not start a libcurl transfer")));
+	pfree(url.data);
+}
+
+/* Raise the error for a transport-level failure of one request. */
+static void
+raise_transport_error(Transfer *t, CURLcode rc, const char *what)
+{
+	const char *why = botapi_redact(t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+
+	if (rc == CURLE_ABORTED_BY_CALLBACK)
+	{
+		CHECK_FOR_INTERRUPTS();
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling download of %s due to user request", t->file->doc_type)));
+	}
+	if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+		rc == CURLE_COULDNT_RESOLVE_PROXY)
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to the Bot API at %s for %s of %s: %s",
+						regstage_telegram_api_url, what, t->file->doc_type, why),
+				 errhint("Check regstage.telegram_api_url and the network; the staged data is kept, so the user can retry with /start.")));
+	if (rc == CURLE_OPERATION_TIMEDOUT)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("%s of %s timed out after %d ms", what, t->file->doc_type,
+						regstage_download_timeout_ms),
+				 errdetail("%s", why),
+				 errhint("regstage.download_timeout bounds getFile plus the download of one document; the staged data is kept.")));
+	if (rc == CURLE_PARTIAL_FILE || rc == CURLE_RECV_ERROR || rc == CURLE_GOT_NOTHING)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("%s of %s was cut off after " INT64_FORMAT " bytes: %s",
+						what, t->file->doc_type, t->written, why),
+				 errhint("The Bot API closed the connection early; the staged data is kept, so the user can retry with /start.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("%s of %s failed: %s", what, t->file->doc_type, why),
+			 errhint("The staged data is kept, so the user can retry with /start.")));
+}
+
+/* Text of a JSON string member, or NULL. */
+static char *
+json_get_string(JsonbContainer *c, const char *key)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(c, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* getFile answered: check it, then start the download. */
+static void
+on_getfile_done(Transfer *t, CURLM *multi)
+{
+	long		status = 0;
+	JsonLexContext *lex;
+	Jsonb	   *jb;
+	JsonbValue *ok;
+	JsonbValue *result;
+	JsonbValue *size;
+	char	   *file_path;
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+
+	lex = makeJsonLexContextCstringLen(t->body, t->body_len, PG_UTF8, true);
+	if (t->body_len == 0 || pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Bot API answered getFile for %s with HTTP %ld and no valid JSON",
+						t->file->doc_type, status),
+				 errhint("Check regstage.telegram_api_url; the staged data is kept, so the user can retry with /start.")));
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(t->body)));
+	ok = JB_ROOT_IS_OBJECT(jb) ? getKeyJsonValueFromContainer(&jb->root, "ok", 2, NULL) : NULL;
+	if (ok == NULL || ok->type != jbvBool || !ok->val.boolean)
+	{
+		char	   *description = JB_ROOT_IS_OBJECT(jb) ? json_get_string(&jb->root, "description") : NULL;
+
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Bot API refused getFile for %s (HTTP %ld): %s", t->file->doc_type, status,
+						description ? botapi_redact(description) : "no description"),
+				 errhint("The file_id may be expired or belong to another bot; the staged data is kept, ask the user to send the %s again.",
+						 t->file->doc_type)));
+	}
+	result = getKeyJsonValueFromContainer(&jb->root, "result", 6, NULL);
+	file_path = (result && result->type == jbvBinary)
+		? json_get_string(result->val.binary.data, "file_path") : NULL;
+	if (file_path == NULL || !file_path_is_safe(file_path, strlen(file_path)))
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Bot API answered getFile for %s without a usable file_path", t->file->doc_type),
+				 errdetail("A file_path must be relative, without \"..\", of letters, digits, \"_\", \"-\", \".\" and \"/\"."),
+				 errhint("The staged data is kept, so the user can retry with /start.")));
+	size = getKeyJsonValueFromContainer(result->val.binary.data, "file_size", 9, NULL);
+	t->expected_size = -1;
+	if (size && size->type == jbvNumeric)
+	{
+		t->expected_size = DatumGetInt64(DirectFunctionCall1(numeric_int8,
+															 NumericGetDatum(size->val.numeric)));
+		if (t->expected_size > regstage_max_file_size)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("document %s is " INT64_FORMAT " bytes, larger than regstage.max_file_size (%d bytes)",
+							t->file->doc_type, t->expected_size, regstage_max_file_size),
+					 errhint("Ask the user to send a smaller file; the staged data is kept.")));
+	}
+	start_download(t, multi, file_path);
+}
+
+/* The download finished: check status, size and content, record the hash. */
+static void
+on_download_done(Transfer *t, int64 telegram_id)
+{
+	long		status = 0;
+	uint8		digest[32];
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (status != 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Bot API answered the download of %s with HTTP %ld", t->file->doc_type, status),
+				 errhint("The staged data is kept, so the user can retry with /start.")));
+	if (t->written == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("document %s downloaded from the Bot API is empty", t->file->doc_type),
+				 errhint("Ask the user to send the %s again; the staged data is kept.", t->file->doc_type)));
+	if (t->expected_size >= 0 && t->written != t->expected_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("download of %s was truncated: " INT64_FORMAT " of " INT64_FORMAT " bytes",
+						t->file->doc_type, t->written, t->expected_size),
+				 errhint("The staged data is kept, so the user can retry with /start.")));
+	if (pg_cryptohash_final(t->sha, digest, sizeof(digest)) < 0)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not finish sha256")));
+	hex_encode((const char *) digest, sizeof(digest), t->file->sha256_hex);
+	t->file->sha256_hex[64] = '\0';
+	t->file->size = t->written;
+	t->file->ext = sniff_extension(t->head, t->head_len);
+	t->state = XFER_DONE;
+	ereport(LOG,
+			(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": downloaded %s, " INT64_FORMAT " bytes",
+					telegram_id, t->file->doc_type, t->written)));
+}
+
+static void
+on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi, int64 telegram_id)
+{
+	if (rc == CURLE_WRITE_ERROR || rc == CURLE_FILESIZE_EXCEEDED)
+	{
+		if (t->too_big || rc == CURLE_FILESIZE_EXCEEDED)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("document %s is larger than regstage.max_file_size (%d bytes)",
+							t->file->doc_type, regstage_max_file_size),
+					 errhint("Ask the user to send a smaller file; the staged data is kept.")));
+		if (t->write_errno != 0)
+		{
+			errno = t->write_errno;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not write document %s to \"%s\": %m", t->file->doc_type, t->file->fd_path),
+					 errhint("Free space in regstage.upload_dir; the staged data is kept, so the user can retry with /start.")));
+		}
+		if (t->body_overflow)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("Bot API answered getFile for %s with more than %d bytes", t->file->doc_type, GETFILE_BODY_MAX)));
+	}
+	if (rc != CURLE_OK)
+		raise_transport_error(t, rc, t->state == XFER_GETFILE ? "getFile" : "download");
+	if (t->state == XFER_GETFILE)
+		on_getfile_done(t, multi);
+	else
+		on_download_done(t, telegram_id);
+}
+
+/*
+ * Fetch every file concurrently.  Returns when all are downloaded; raises on
+ * the first failure (the caller's transaction then removes the files).
+ */
+void
+botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
+{
+	Transfer   *xfers = palloc0(sizeof(Transfer) * nfiles);
+	CURLM	   *volatile multi = NULL;
+
+	if (regstage_bot_token == NULL || regstage_bot_token[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("regstage.bot_token is not set"),
+				 errhint("A superuser must set it, e.g. ALTER SYSTEM SET regstage.bot_token = '...'; SELECT pg_reload_conf();")));
+
+	PG_TRY();
+	{
+		int			pending = nfiles;
+		TimestampTz start = GetCurrentTimestamp();
+
+		multi = curl_multi_init();
+		if (multi == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory in libcurl")));
+		for (int i = 0; i < nfiles; i++)
+		{
+			xfers[i].file = &files[i];
+			xfers[i].deadline = TimestampTzPlusMilliseconds(start, regstage_download_timeout_ms);
+			start_getfile(&xfers[i], multi);
+			ereport(LOG,
+					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": download of %s started",
+							telegram_id, files[i].doc_type)));
+		}
+
+		while (pending > 0)
+		{
+			int			running;
+			int			queued;
+			CURLMsg    *msg;
+
+			CHECK_FOR_INTERRUPTS();
+			if (curl_multi_perform(multi, &running) != CURLM_OK)
+				ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("libcurl multi transfer failed")));
+			while ((msg = curl_multi_info_read(multi, &queued)) != NULL)
+			{
+				Transfer   *t;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+				on_transfer_done(t, msg->data.result, multi, telegram_id);
+				if (t->state == XFER_DONE)
+					pending--;
+			}
+			if (pending > 0)
+				curl_multi_wait(multi, NULL, 0, WAIT_SLICE_MS, NULL);
+		}
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < nfiles; i++)
+		{
+			Transfer   *t = &xfers[i];
+
+			if (t->easy)
+			{
+				if (multi)
+					curl_multi_remove_handle(multi, t->easy);
+				curl_easy_cleanup(t->easy);
+			}
+			if (t->headers)
+				curl_slist_free_all(t->headers);
+			if (t->sha)
+				pg_cryptohash_free(t->sha);
+		}
+		if (multi)
+			curl_multi_cleanup(multi);
+	}
+	PG_END_TRY();
+}

@@ -1,0 +1,306 @@
+/*
+ * cleanup.c — the orphan scan, shared by cleanup_orphans() and the worker.
+ *
+ * Walks regstage.upload_dir without following symlinks.  Regular files are
+ * checked against regstage.documents.file_path in batches (one index-probe
+ * query per CLEANUP_BATCH files, with a fresh snapshot each), so memory
+ * stays flat however many files or rows there are:
+ *
+ *   referenced file             never touched
+ *   orphan older than max_age   deleted
+ *   younger orphan              kept (a transaction in flight may own it)
+ *   temporary (.tmp/, *.part)   deleted when older than tmp_max_age
+ *
+ * Per-user directories left empty (and older than max_age) are removed.
+ */
+#include "postgres.h"
+
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "datatype/timestamp.h"
+#include "utils/memutils.h"
+
+#include "cleanup.h"
+#include "guc.h"
+#include "upload.h"
+
+#define CLEANUP_BATCH 1000
+#define CLEANUP_MAX_DEPTH 16
+
+typedef struct Candidate
+{
+	char	   *relpath;
+	time_t		mtime;
+} Candidate;
+
+typedef struct OrphanScan
+{
+	const char *root;
+	time_t		now;
+	int64		max_age_s;
+	int64		tmp_max_age_s;
+	CleanupStats *stats;
+	SPIPlanPtr	unreferenced_plan;
+	Candidate	batch[CLEANUP_BATCH];
+	int			nbatch;
+	MemoryContext batch_cxt;
+} OrphanScan;
+
+static void
+remove_file(OrphanScan *st, const char *relpath, const char *why)
+{
+	char		path[MAXPGPATH];
+
+	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
+	if (unlink(path) == 0)
+	{
+		st->stats->deleted++;
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\"", why, relpath)));
+	}
+	else if (errno != ENOENT)
+	{
+		st->stats->errors++;
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", path)));
+	}
+}
+
+/* Check the batch against documents.file_path; delete or keep the orphans. */
+static void
+flush_batch(OrphanScan *st)
+{
+	Datum	   *elems;
+	Datum		values[1];
+	int			rc;
+
+	if (st->nbatch == 0)
+		return;
+	elems = palloc(sizeof(Datum) * st->nbatch);
+	for (int i = 0; i < st->nbatch; i++)
+		elems[i] = CStringGetTextDatum(st->batch[i].relpath);
+	values[0] = PointerGetDatum(construct_array(elems, st->nbatch, TEXTOID, -1, false, TYPALIGN_INT));
+	rc = SPI_execute_plan(st->unreferenced_plan, values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_regstage cleanup: lookup of documents.file_path failed: %s", SPI_result_code_string(rc));
+
+	/* the query returns the indexes (1-based) of unreferenced paths, in order */
+	st->stats->referenced += st->nbatch - SPI_processed;
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int			i = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
+		Candidate  *c = &st->batch[i];
+
+		CHECK_FOR_INTERRUPTS();
+		if (st->now - c->mtime > st->max_age_s)
+			remove_file(st, c->relpath, "orphaned file");
+		else
+		{
+			st->stats->kept++;
+			ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\"", c->relpath)));
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+	st->nbatch = 0;
+	MemoryContextReset(st->batch_cxt);
+}
+
+static bool
+is_temporary(const char *relpath)
+{
+	size_t		len = strlen(relpath);
+	size_t		slen = strlen(UPLOAD_TMP_SUFFIX);
+
+	return strncmp(relpath, UPLOAD_TMP_DIR "/", strlen(UPLOAD_TMP_DIR) + 1) == 0 ||
+		(len > slen && strcmp(relpath + len - slen, UPLOAD_TMP_SUFFIX) == 0);
+}
+
+static void scan_dir(OrphanScan *st, const char *reldir, int depth);
+
+static void
+scan_entry(OrphanScan *st, const char *relpath, int depth)
+{
+	char		path[MAXPGPATH];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
+	if (lstat(path, &sb) != 0)
+	{
+		if (errno != ENOENT)
+		{
+			st->stats->errors++;
+			ereport(WARNING, (errcode_for_file_access(),
+							  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", path)));
+		}
+		return;
+	}
+	if (S_ISLNK(sb.st_mode))
+	{
+		/* never followed, never removed: whatever it points at is not ours */
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
+		return;
+	}
+	if (S_ISDIR(sb.st_mode))
+	{
+		if (depth >= CLEANUP_MAX_DEPTH)
+			return;
+		scan_dir(st, relpath, depth + 1);
+		/* a directory left empty by this (or an earlier) run goes too */
+		if (strcmp(relpath, UPLOAD_TMP_DIR) != 0 && st->now - sb.st_mtime > st->max_age_s &&
+			rmdir(path) == 0)
+			ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", relpath)));
+		return;
+	}
+	if (!S_ISREG(sb.st_mode))
+		return;
+
+	if (is_temporary(relpath))
+	{
+		if (st->now - sb.st_mtime > st->tmp_max_age_s)
+			remove_file(st, relpath, "temporary file");
+		else
+			st->stats->kept++;
+		return;
+	}
+
+	st->batch[st->nbatch].relpath = MemoryContextStrdup(st->batch_cxt, relpath);
+	st->batch[st->nbatch].mtime = sb.st_mtime;
+	if (++st->nbatch == CLEANUP_BATCH)
+		flush_batch(st);
+}
+
+static void
+scan_dir(OrphanScan *st, const char *reldir, int depth)
+{
+	char		path[MAXPGPATH];
+	DIR		   *dir;
+	struct dirent *de;
+
+	if (reldir[0])
+		snprintf(path, sizeof(path), "%s/%s", st->root, reldir);
+	else
+		strlcpy(path, st->root, sizeof(path));
+
+	/* AllocateDir'd directories are closed by PostgreSQL if we are cancelled */
+	dir = AllocateDir(path);
+	if (dir == NULL)
+	{
+		st->stats->errors++;
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", path),
+				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
+		return;
+	}
+	while ((de = ReadDirExtended(dir, path, LOG)) != NULL)
+	{
+		char		relpath[MAXPGPATH];
+
+		CHECK_FOR_INTERRUPTS();
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (reldir[0])
+			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, de->d_name);
+		else
+			strlcpy(relpath, de->d_name, sizeof(relpath));
+		scan_entry(st, relpath, depth);
+	}
+	FreeDir(dir);
+}
+
+void
+cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
+{
+	OrphanScan  *st = palloc0(sizeof(OrphanScan));
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	int64		in_db = 0;
+	bool		isnull;
+
+	memset(stats, 0, sizeof(*stats));
+	st->root = upload_check_dir();
+	st->now = time(NULL);
+	st->max_age_s = max_age_s;
+	st->tmp_max_age_s = tmp_max_age_s;
+	st->stats = stats;
+	st->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup batch",
+										  ALLOCSET_DEFAULT_SIZES);
+
+	if (SPI_execute("SELECT count(*) FROM regstage.documents", true, 1) == SPI_OK_SELECT)
+		in_db = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	ereport(LOG,
+			(errmsg("pg_regstage cleanup: starting in \"%s\" (orphans older than " INT64_FORMAT " s, temporary files older than " INT64_FORMAT " s); files in database: " INT64_FORMAT,
+					st->root, max_age_s, tmp_max_age_s, in_db)));
+
+	st->unreferenced_plan =
+		SPI_prepare("SELECT u.i::int4 FROM unnest($1::text[]) WITH ORDINALITY AS u(p, i) "
+					"WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = u.p) "
+					"ORDER BY u.i",
+					1, argtypes);
+	if (st->unreferenced_plan == NULL)
+		elog(ERROR, "pg_regstage cleanup: could not prepare the lookup: %s", SPI_result_code_string(SPI_result));
+
+	scan_dir(st, "", 0);
+	flush_batch(st);
+
+	ereport(LOG,
+			(errmsg("pg_regstage cleanup: finished; deleted " INT64_FORMAT ", kept " INT64_FORMAT ", errors " INT64_FORMAT " (" INT64_FORMAT " referenced files)",
+					stats->deleted, stats->kept, stats->errors, stats->referenced)));
+	MemoryContextDelete(st->batch_cxt);
+	SPI_freeplan(st->unreferenced_plan);
+	pfree(st);
+}
+
+static int64
+interval_arg_seconds(FunctionCallInfo fcinfo, int n, const char *name)
+{
+	Interval   *iv;
+	int64		s;
+
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be NULL", name)));
+	iv = PG_GETARG_INTERVAL_P(n);
+	s = iv->time / USECS_PER_SEC + (int64) iv->day * SECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * SECS_PER_DAY;
+	if (s < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name)));
+	return s;
+}
+
+PG_FUNCTION_INFO_V1(regstage_cleanup_orphans);
+
+/* cleanup_orphans(max_age, tmp_max_age) → (deleted, kept, errors) */
+Datum
+regstage_cleanup_orphans(PG_FUNCTION_ARGS)
+{
+	int64		max_age_s = interval_arg_seconds(fcinfo, 0, "max_age");
+	int64		tmp_max_age_s = interval_arg_seconds(fcinfo, 1, "tmp_max_age");
+	CleanupStats stats;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	SPI_connect();
+	cleanup_run(max_age_s, tmp_max_age_s, &stats);
+	SPI_finish();
+	values[0] = Int64GetDatum(stats.deleted);
+	values[1] = Int64GetDatum(stats.kept);
+	values[2] = Int64GetDatum(stats.errors);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

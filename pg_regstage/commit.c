@@ -1,0 +1,342 @@
+/*
+ * commit.c — regstage.commit_registration(telegram_id): the atomic commit.
+ *
+ * Read this file first.  In the caller's transaction:
+ *
+ *   1. lock      a transaction-level advisory lock on the telegram_id, so
+ *                two sessions committing the same user serialise
+ *   2. check     not registered yet (else: clear stale staging, 23505)
+ *   3. staged    language + data + documents from Redis, one round trip;
+ *                complete and valid, or refuse listing what is missing
+ *   4. files     every document fetched concurrently from the Bot API into
+ *                temporary files, then renamed and fsync'd (upload.c binds
+ *                each file to this (sub)transaction)
+ *   5. rows      INSERT users + documents via SPI
+ *   6. Redis     the DEL of the staged keys is queued for after the
+ *                top-level commit (below); a failure there is a WARNING
+ *
+ * Any error rolls everything back: no rows, files unlinked by the abort
+ * callbacks, staged data untouched.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "botapi.h"
+#include "commit.h"
+#include "guc.h"
+#include "redis.h"
+#include "staging.h"
+#include "upload.h"
+#include "validate.h"
+
+/* advisory lock class used for per-telegram_id commit locks */
+#define REGSTAGE_LOCK_CLASS 0x5247
+
+PG_FUNCTION_INFO_V1(regstage_commit_registration);
+
+/* A Redis DEL waiting for the top-level commit. */
+typedef struct PendingClear
+{
+	struct PendingClear *next;
+	SubTransactionId subid;
+	int64		telegram_id;
+	int64		user_id;
+} PendingClear;
+
+static PendingClear *pending_clears = NULL;
+
+static void
+pending_clears_drop(SubTransactionId subid)
+{
+	PendingClear **link = &pending_clears;
+
+	while (*link)
+	{
+		PendingClear *p = *link;
+
+		if (subid == InvalidSubTransactionId || p->subid == subid)
+		{
+			*link = p->next;
+			pfree(p);
+		}
+		else
+			link = &p->next;
+	}
+}
+
+/*
+ * After the commit is durable: clear the staged keys.  Nothing here may
+ * raise (an ERROR after commit is a PANIC); a failure is a WARNING and the
+ * keys expire by their TTL, or the next commit_registration clears them.
+ */
+static void
+run_pending_clears(void)
+{
+	while (pending_clears)
+	{
+		PendingClear *p = pending_clears;
+		char		errbuf[256];
+
+		ereport(LOG,
+				(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT,
+						p->telegram_id, p->user_id)));
+		if (redis_clear_nothrow(p->telegram_id, errbuf, sizeof(errbuf)))
+			ereport(LOG,
+					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": staged data cleared from Redis",
+							p->telegram_id)));
+		else
+			ereport(WARNING,
+					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed but the staged data could not be cleared from Redis: %s",
+							p->telegram_id, errbuf),
+					 errhint("It expires with regstage.ttl, and the next commit_registration() of this telegram_id clears it.")));
+		pending_clears = p->next;
+		pfree(p);
+	}
+}
+
+static void
+commit_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			run_pending_clears();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_ABORT:
+			pending_clears_drop(InvalidSubTransactionId);
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+commit_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	PendingClear *p;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		pending_clears_drop(mySubid);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		for (p = pending_clears; p; p = p->next)
+			if (p->subid == mySubid)
+				p->subid = parentSubid;
+}
+
+void
+commit_register_callbacks(void)
+{
+	RegisterXactCallback(commit_xact_callback, NULL);
+	RegisterSubXactCallback(commit_subxact_callback, NULL);
+}
+
+static void
+queue_redis_clear(int64 telegram_id, int64 user_id)
+{
+	PendingClear *p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingClear));
+
+	p->subid = GetCurrentSubTransactionId();
+	p->telegram_id = telegram_id;
+	p->user_id = user_id;
+	p->next = pending_clears;
+	pending_clears = p;
+}
+
+static void
+lock_telegram_id(int64 telegram_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (telegram_id >> 32),
+						 (uint32) telegram_id, REGSTAGE_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Refuse an already registered telegram_id.  If the row was committed by
+ * an earlier transaction, the staged keys are stale (a crash between that
+ * commit and its Redis DEL): clear them now, best effort.
+ */
+static void
+refuse_if_registered(int64 telegram_id)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(telegram_id)};
+	bool		isnull;
+	int64		user_id;
+	TransactionId xmin;
+	char		errbuf[256];
+
+	if (SPI_execute_with_args("SELECT id, xmin::text::bigint FROM regstage.users WHERE telegram_id = $1",
+							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up regstage.users");
+	if (SPI_processed == 0)
+		return;
+	user_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	xmin = (TransactionId) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+	if (TransactionIdIsCurrentTransactionId(xmin))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("telegram_id " INT64_FORMAT " was already registered in this transaction (user id " INT64_FORMAT ")",
+						telegram_id, user_id)));
+
+	if (!redis_clear_nothrow(telegram_id, errbuf, sizeof(errbuf)))
+		ereport(WARNING,
+				(errmsg("could not clear stale staged data of telegram_id " INT64_FORMAT ": %s",
+						telegram_id, errbuf)));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("telegram_id " INT64_FORMAT " is already registered (user id " INT64_FORMAT ")",
+					telegram_id, user_id),
+			 errhint("Stale staged data of this telegram_id was cleared; check regstage.users.status instead.")));
+}
+
+/* Staged values were possibly written by another client: check them again. */
+static void
+refuse_if_incomplete(int64 telegram_id, StagedRegistration *s)
+{
+	List	   *missing = staging_missing_items(s);
+
+	if (missing != NIL)
+	{
+		StringInfoData list;
+		ListCell   *lc;
+
+		initStringInfo(&list);
+		foreach(lc, missing)
+			appendStringInfo(&list, "%s%s", foreach_current_index(lc) ? ", " : "", (char *) lfirst(lc));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registration of telegram_id " INT64_FORMAT " is incomplete: missing %s",
+						telegram_id, list.data),
+				 errhint(s->exists ? "Stage the missing items first; regstage.missing() lists them."
+						 : "Nothing is staged for this telegram_id (or it expired after regstage.ttl).")));
+	}
+	validate_language(s->language);
+}
+
+static int64
+insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **relpaths, int nfiles)
+{
+	Oid			user_types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		user_values[6];
+	char		user_nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	const char *username = redis_staged_field(s->data, "username");
+	const char *email = redis_staged_field(s->data, "email");
+	bool		isnull;
+	int64		user_id;
+
+	user_values[0] = Int64GetDatum(telegram_id);
+	user_values[1] = CStringGetTextDatum(validate_full_name(redis_staged_field(s->data, "full_name")));
+	user_values[2] = CStringGetTextDatum(validate_phone(redis_staged_field(s->data, "phone")));
+	if (username)
+		user_values[3] = CStringGetTextDatum(validate_username(username));
+	else
+		user_nulls[3] = 'n';
+	if (email)
+		user_values[4] = CStringGetTextDatum(validate_email(email));
+	else
+		user_nulls[4] = 'n';
+	user_values[5] = CStringGetTextDatum(s->language);
+
+	if (SPI_execute_with_args("INSERT INTO regstage.users (telegram_id, full_name, phone, username, email, language) "
+							  "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+							  6, user_types, user_values, user_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into regstage.users");
+	user_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	for (int i = 0; i < nfiles; i++)
+	{
+		Oid			doc_types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID};
+		Datum		doc_values[6];
+
+		doc_values[0] = Int64GetDatum(user_id);
+		doc_values[1] = CStringGetTextDatum(files[i].doc_type);
+		doc_values[2] = CStringGetTextDatum(files[i].file_id);
+		doc_values[3] = CStringGetTextDatum(relpaths[i]);
+		doc_values[4] = Int64GetDatum(files[i].size);
+		doc_values[5] = CStringGetTextDatum(files[i].sha256_hex);
+		if (SPI_execute_with_args("INSERT INTO regstage.documents "
+								  "(user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256) "
+								  "VALUES ($1, $2, $3, $4, $5, $6)",
+								  6, doc_types, doc_values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into regstage.documents");
+	}
+	return user_id;
+}
+
+Datum
+regstage_commit_registration(PG_FUNCTION_ARGS)
+{
+	int64		telegram_id;
+	StagedRegistration *staged;
+	List	   *doc_types;
+	ListCell   *lc;
+	BotApiFile *files;
+	UploadTemp *temps;
+	char	  **relpaths;
+	int			nfiles;
+	int64		user_id;
+
+	validate_telegram_id(PG_ARGISNULL(0), PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
+	telegram_id = PG_GETARG_INT64(0);
+	(void) upload_check_dir();
+
+	/* 1-2: one committer per telegram_id; refuse the registered */
+	lock_telegram_id(telegram_id);
+	SPI_connect();
+	refuse_if_registered(telegram_id);
+
+	/* 3: the staged registration, complete and valid */
+	staged = redis_fetch_staged(telegram_id);
+	refuse_if_incomplete(telegram_id, staged);
+	doc_types = regstage_required_document_list();
+	nfiles = list_length(doc_types);
+	files = palloc0(sizeof(BotApiFile) * nfiles);
+	temps = palloc0(sizeof(UploadTemp) * nfiles);
+	relpaths = palloc0(sizeof(char *) * nfiles);
+	foreach(lc, doc_types)
+	{
+		int			i = foreach_current_index(lc);
+
+		files[i].doc_type = lfirst(lc);
+		files[i].file_id = redis_staged_field(staged->documents, files[i].doc_type);
+		validate_file_id(files[i].file_id);
+	}
+
+	/* 4: the files, bound to this (sub)transaction */
+	for (int i = 0; i < nfiles; i++)
+	{
+		upload_temp_create(&temps[i], telegram_id, files[i].doc_type);
+		files[i].fd = temps[i].fd;
+		files[i].fd_path = temps[i].path;
+	}
+	botapi_fetch_files(telegram_id, files, nfiles);
+	for (int i = 0; i < nfiles; i++)
+		relpaths[i] = upload_finish(&temps[i], telegram_id, files[i].doc_type,
+									files[i].sha256_hex, files[i].ext);
+
+	/* 5: the rows */
+	user_id = insert_rows(telegram_id, staged, files, relpaths, nfiles);
+	SPI_finish();
+
+	/* 6: Redis after the top-level commit */
+	queue_redis_clear(telegram_id, user_id);
+	ereport(LOG,
+			(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": %d documents saved for user id " INT64_FORMAT ", waiting for commit",
+					telegram_id, nfiles, user_id)));
+	PG_RETURN_INT64(user_id);
+}

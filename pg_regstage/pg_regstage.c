@@ -1,0 +1,40 @@
+/*
+ * pg_regstage.c — module entry point.
+ *
+ * Defines the settings, registers the transaction callbacks of the upload
+ * store once per process, initialises libcurl, and (when preloaded)
+ * registers the orphan-cleanup background worker.
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+
+#include "commit.h"
+#include "guc.h"
+#include "upload.h"
+#include "worker.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	regstage_define_gucs();
+
+	/* not thread-safe: once per process, before any handle exists */
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not initialise libcurl")));
+
+	upload_register_callbacks();
+	commit_register_callbacks();
+
+	if (process_shared_preload_libraries_in_progress)
+		worker_register();
+}

@@ -1,0 +1,45 @@
+/*
+ * redis.h — the per-backend Redis connection and the staging keys.
+ *
+ * redis.c is the only file that knows the key layout
+ * (<prefix>:<telegram_id>:language|data|documents).  Every function here
+ * costs one Redis round trip.  Values come back palloc'd, so callers may
+ * ereport freely; transport failures raise 08xxx errors naming the server.
+ */
+#ifndef REGSTAGE_REDIS_H
+#define REGSTAGE_REDIS_H
+
+#include "nodes/pg_list.h"
+
+/* One field of a staged hash (data or documents). */
+typedef struct StagedField
+{
+	char	   *name;
+	char	   *value;
+} StagedField;
+
+/* Everything staged for one telegram_id, as read in one round trip. */
+typedef struct StagedRegistration
+{
+	bool		exists;			/* any of the three keys present */
+	char	   *language;		/* NULL when not staged */
+	List	   *data;			/* of StagedField*, sorted by name */
+	List	   *documents;		/* of StagedField*, sorted by name */
+	int64		ttl_s;			/* smallest remaining TTL of the present keys; -1 none */
+} StagedRegistration;
+
+extern void redis_stage_language(int64 telegram_id, const char *language);
+extern void redis_stage_data_fields(int64 telegram_id, List *fields);
+extern void redis_stage_document(int64 telegram_id, const char *doc_type, const char *file_id);
+extern StagedRegistration *redis_fetch_staged(int64 telegram_id);
+extern const char *redis_staged_field(List *fields, const char *name);
+extern bool redis_extend_ttl(int64 telegram_id);
+extern bool redis_clear(int64 telegram_id);
+
+/*
+ * For use after commit: never raises, never waits for interrupts.  Returns
+ * false with a message in errbuf when Redis could not be reached.
+ */
+extern bool redis_clear_nothrow(int64 telegram_id, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,157 @@
+/*
+ * worker.c — the orphan-cleanup background worker.
+ *
+ * Registered when pg_regstage is in shared_preload_libraries.  Every
+ * regstage.cleanup_interval it runs cleanup_run() in its own transaction
+ * in regstage.database.  The canonical loop (worker_spi, autoprewarm):
+ * wait on the latch, reset it, serve interrupts, reload the configuration,
+ * work.  SIGUSR1 keeps PostgreSQL's handler so ProcSignalBarriers (DROP
+ * DATABASE) are served; an error in one run is logged and the loop goes on.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "cleanup.h"
+#include "guc.h"
+#include "worker.h"
+
+#define WORKER_RESTART_S 10
+#define WORKER_DISABLED_POLL_MS (60 * 1000)
+
+PGDLLEXPORT void regstage_worker_main(Datum arg);
+
+void
+worker_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = WORKER_RESTART_S;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_regstage");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "regstage_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_regstage cleanup worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_regstage cleanup");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Is the extension installed in this database?  (It may be created later.) */
+static bool
+extension_installed(void)
+{
+	bool		found;
+
+	if (SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_regstage'", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up pg_extension");
+	found = SPI_processed > 0;
+	return found;
+}
+
+/* One cleanup run in its own transaction; errors are logged, not fatal. */
+static void
+worker_run_once(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		CleanupStats stats;
+
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "pg_regstage: cleanup of orphaned files");
+		if (extension_installed())
+			cleanup_run(regstage_cleanup_max_age_s, regstage_cleanup_tmp_max_age_s, &stats);
+		else
+			elog(DEBUG1, "pg_regstage cleanup: extension not installed in database \"%s\"", regstage_database);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* log it and carry on: the next run comes at the next interval */
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup run failed: %s", edata->message),
+				 edata->hint ? errhint("%s", edata->hint) : 0));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	pgstat_report_stat(true);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+void
+regstage_worker_main(Datum arg)
+{
+	TimestampTz next_run;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);		/* a long scan must stop promptly too */
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(regstage_database, NULL, 0);
+	ereport(LOG,
+			(errmsg("pg_regstage cleanup worker started in database \"%s\", interval %d s",
+					regstage_database, regstage_cleanup_interval_s)));
+
+	next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   (int64) regstage_cleanup_interval_s * 1000);
+	for (;;)
+	{
+		long		wait_ms;
+		int			old_interval = regstage_cleanup_interval_s;
+
+		if (regstage_cleanup_interval_s > 0)
+			wait_ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_run), 0);
+		else
+			wait_ms = WORKER_DISABLED_POLL_MS;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (regstage_cleanup_interval_s != old_interval)
+			{
+				ereport(LOG,
+						(errmsg("pg_regstage cleanup worker: interval changed from %d s to %d s",
+								old_interval, regstage_cleanup_interval_s)));
+				next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   (int64) regstage_cleanup_interval_s * 1000);
+			}
+			continue;
+		}
+		if (regstage_cleanup_interval_s <= 0 || GetCurrentTimestamp() < next_run)
+			continue;
+
+		worker_run_once();
+		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   (int64) regstage_cleanup_interval_s * 1000);
+	}
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# scripts/test.sh — every test suite on throwaway servers.  What CI runs.
+#
+#   bash scripts/test.sh
+#
+# Installs missing Debian packages, builds and installs pg_regstage and the
+# relay, starts a PostgreSQL cluster (port 55434), Redis (56381) and the
+# Bot API stand-in (58080) under $REGSTAGE_TEST_DIR (default
+# /tmp/regstage-test), runs pg_regress, pg_isolation_regress, the pg_cron
+# suite (in parallel: it waits for a minute boundary), the TAP suites and
+# the relay suite, then stops every server by pid — also on failure or ^C.
+# Exits non-zero on any failure and prints the diffs.
+set -Eeuo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+. "$SRC/scripts/lib.sh"
+
+W=${REGSTAGE_TEST_DIR:-/tmp/regstage-test}
+PG_PORT=55434 REDIS_PORT=56381 API_PORT=58080
+TREE=$W/tree
+
+cleanup() {
+	local -
+	set +e
+	[ -n "${CRON_PID:-}" ] && kill "$CRON_PID" 2>/dev/null
+	stop_pidfile "$W/standin/standin.pid"
+	stop_pidfile "$W/redis/redis.pid"
+	stop_postgres "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ensure_packages
+cleanup			# servers of an aborted earlier run
+rm -rf "$W"
+mkdir -p "$W"
+chmod 0755 "$W"
+
+# A copy of the checkout the server user may write to (results/, tmp_check/).
+mkdir -p "$TREE"
+tar -C "$SRC" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$TREE" -xf -
+build_and_install "$TREE"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$TREE"
+
+TOKEN=$(new_token)
+server_owned_dir 0750 "$W/uploads"
+mkdir -p "$W/fixtures/readonly" && chmod 0755 "$W/fixtures/readonly"	# root-owned: Permission denied
+touch "$W/fixtures/notadir"
+
+start_postgres "$W" $PG_PORT "
+shared_preload_libraries = 'pg_regstage, pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_min_messages = log
+regstage.redis_port = $REDIS_PORT
+regstage.telegram_api_url = 'http://127.0.0.1:$API_PORT'
+regstage.bot_token = '$TOKEN'
+regstage.upload_dir = '$W/uploads'
+regstage.download_timeout = '10s'
+regstage.cleanup_interval = 0
+regstage_test.fixtures = '$W/fixtures'
+regstage_test.api_port = '$API_PORT'
+"
+start_redis "$W" $REDIS_PORT
+start_standin "$W" $API_PORT "$TOKEN" "$TREE"
+
+export PGHOST=$W/sock PGPORT=$PG_PORT PGUSER=postgres
+export REGSTAGE_TEST_DIR=$W REGSTAGE_TEST_TOKEN=$TOKEN REDIS_PORT API_PORT
+export PG_TEST_TIMEOUT_DEFAULT=60
+rc=0
+declare -A RESULT
+
+run_suite() {	# name, command...
+	local name=$1; shift
+	log "suite: $name"
+	if "$@"; then RESULT[$name]=ok; else RESULT[$name]=FAILED; rc=1; fi
+}
+
+# pg_cron fires on minute boundaries: start it first, in its own database.
+log "suite: pg_cron (in the background)"
+PG_REGRESS=$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress
+(cd "$TREE" && as_server_user "$PG_REGRESS" --bindir="$PG_BIN" --inputdir=test/cron \
+	--outputdir=test/cron --dbname=cron_regression cleanup_cron >"$W/log/cron.out" 2>&1) &
+CRON_PID=$!
+
+cd "$TREE"
+run_suite pg_regress as_server_user make -s installcheck ISOLATION= TAP_TESTS=
+[ -f regression.diffs ] && cat regression.diffs
+run_suite isolation as_server_user make -s installcheck REGRESS= TAP_TESTS=
+[ -f output_iso/regression.diffs ] && cat output_iso/regression.diffs
+if ls t/*.pl >/dev/null 2>&1; then
+	run_suite tap as_server_user make -s installcheck REGRESS= ISOLATION= TAP_TESTS=1 PROVE_FLAGS=-v
+fi
+for t in test/scripts/*.sh; do
+	[ -e "$t" ] && run_suite "$(basename "$t" .sh)" bash "$t"
+done
+
+log "suite: pg_cron (waiting for it)"
+if wait "$CRON_PID"; then RESULT[pg_cron]=ok; else RESULT[pg_cron]=FAILED; rc=1; fi
+CRON_PID=
+cat "$W/log/cron.out"
+[ -f test/cron/regression.diffs ] && cat test/cron/regression.diffs
+
+# The bot token must appear nowhere: server log, test output, stand-in log.
+log "check: the bot token appears in no log or output"
+if grep -rlF -- "$TOKEN" "$W/log" "$W/standin" results test/cron/results output_iso tmp_check 2>/dev/null; then
+	echo "the bot token leaked into the files above" >&2
+	RESULT[token-secrecy]=FAILED; rc=1
+else
+	RESULT[token-secrecy]=ok
+fi
+
+if [ $rc -ne 0 ]; then
+	log "postgres.log (last 60 lines)"
+	tail -60 "$W/log/postgres.log" | grep -vF -- "$TOKEN" || true
+fi
+log "summary"
+for k in "${!RESULT[@]}"; do printf '  %-16s %s\n' "$k" "${RESULT[$k]}"; done | sort
+exit $rc

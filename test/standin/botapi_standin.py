@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""A Telegram Bot API stand-in for pg_regstage's tests and the offline demo.
+
+Serves, over loopback HTTP, the parts of the Bot API that pg_regstage and the
+relay use:
+
+  POST /bot<token>/getFile              {"file_id": ...} -> result.file_path
+  GET  /file/bot<token>/<file_path>     deterministic file content
+  POST /bot<token>/getUpdates           long polling over an injected queue
+  POST /bot<token>/<anyMethod>          recorded (sendMessage, answerCallbackQuery, ...)
+
+Test control (no token):
+  POST /_test/updates    body: an update object or a list of them -> queued
+  GET  /_test/calls      every recorded method call, as a JSON list
+  POST /_test/reset      forget calls, updates and counters
+  POST /_test/fault      {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1}
+
+Faults are chosen by the file_id, so tests stay stateless and parallel: the
+file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
+  status<N>    getFile answers HTTP N with ok=false
+  okfalse      getFile answers 400 ok=false "Bad Request: invalid file_id"
+  delay<ms>    getFile waits before answering
+  dldelay<ms>  the download waits before sending
+  drip<ms>     the download sends 1 KiB every <ms>
+  bytes<N>     content length N (default 2048)
+  size<N>      getFile reports file_size N (content unchanged)
+  nosize       getFile omits file_size
+  trunc        the download announces the full length, sends half, closes
+  empty        zero-byte content
+  dlstatus<N>  the download answers HTTP N
+  flaky<N>     getFile fails with 500 the first N times for this file_id
+  badpath      getFile returns file_path "../../etc/passwd"
+  png / pdf    content starts with that format's magic bytes (default JPEG)
+"""
+import argparse
+import hashlib
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+DIRECTIVE = re.compile(r"^([a-z]+?)(\d*)$")
+MAGIC = {"jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "png": b"\x89PNG\r\n\x1a\n",
+         "pdf": b"%PDF-1.4\n"}
+
+
+def directives(file_id):
+    out = {}
+    for part in file_id.split("_")[:-1]:
+        m = DIRECTIVE.match(part)
+        if m:
+            out[m.group(1)] = int(m.group(2)) if m.group(2) else True
+    return out
+
+
+def content_for(file_id, d):
+    n = d.get("bytes", 2048)
+    if d.get("empty"):
+        return b""
+    kind = "png" if d.get("png") else "pdf" if d.get("pdf") else "jpg"
+    buf = bytearray(MAGIC[kind])
+    block = hashlib.sha256(file_id.encode()).digest()
+    while len(buf) < n:
+        buf += block
+        block = hashlib.sha256(block).digest()
+    return bytes(buf[:n])
+
+
+class State:
+    def __init__(self, token):
+        self.token = token
+        self.lock = threading.Condition()
+        self.updates = []          # queued, not yet delivered past offset
+        self.next_update_id = 1000
+        self.calls = []
+        self.counters = {}
+        self.faults = []
+        self.message_id = 1
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "botapi-standin/1.0"
+
+    def log_message(self, fmt, *args):       # quiet; never print URLs (they hold the token)
+        pass
+
+    @property
+    def st(self):
+        return self.server.state
+
+    def send_json(self, status, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            from urllib.parse import parse_qs
+            return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+
+    def split_token(self, path):
+        # /bot<token>/<method>  or /file/bot<token>/<path>
+        m = re.match(r"^/(file/)?bot([^/]+)/(.+)$", path)
+        if not m:
+            return None, None, None
+        return bool(m.group(1)), m.group(2), m.group(3)
+
+    # ---- control ---------------------------------------------------------
+    def control(self, method):
+        st = self.st
+        if self.path == "/_test/updates" and method == "POST":
+            body = self.read_body()
+            items = body if isinstance(body, list) else [body]
+            with st.lock:
+                ids = []
+                for u in items:
+                    if "update_id" not in u:
+                        u["update_id"] = st.next_update_id
+                    st.next_update_id = max(st.next_update_id, u["update_id"]) + 1
+                    st.updates.append(u)
+                    ids.append(u["update_id"])
+                st.lock.notify_all()
+            return self.send_json(200, {"ok": True, "update_ids": ids})
+        if self.path.startswith("/_test/calls"):
+            with st.lock:
+                return self.send_json(200, st.calls)
+        if self.path == "/_test/pending":
+            with st.lock:
+                return self.send_json(200, {"pending": len(st.updates)})
+        if self.path == "/_test/reset":
+            with st.lock:
+                st.calls.clear(); st.updates.clear(); st.counters.clear(); st.faults.clear()
+            return self.send_json(200, {"ok": True})
+        if self.path == "/_test/fault" and method == "POST":
+            with st.lock:
+                st.faults.append(self.read_body())
+            return self.send_json(200, {"ok": True})
+        return self.send_json(404, {"ok": False})
+
+    # ---- Bot API ---------------------------------------------------------
+    def do_GET(self):
+        if self.path.startswith("/_test/"):
+            return self.control("GET")
+        is_file, token, rest = self.split_token(self.path)
+        if token != self.st.token:
+            return self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        if is_file:
+            return self.download(unquote(rest))
+        return self.api(rest, {})
+
+    def do_POST(self):
+        if self.path.startswith("/_test/"):
+            return self.control("POST")
+        is_file, token, rest = self.split_token(self.path)
+        body = self.read_body()
+        if token != self.st.token or is_file:
+            return self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        return self.api(rest, body)
+
+    def api(self, method, body):
+        st = self.st
+        if method == "getFile":
+            return self.get_file(body)
+        if method == "getUpdates":
+            return self.get_updates(body)
+        with st.lock:
+            for f in st.faults:
+                if f.get("method") == method and f.get("times", 1) > 0:
+                    f["times"] = f.get("times", 1) - 1
+                    status = f.get("status", 500)
+                    params = {"retry_after": f["retry_after"]} if "retry_after" in f else {}
+                    return self.send_json(status, {"ok": False, "error_code": status,
+                                                   "description": f.get("description", "Injected fault"),
+                                                   "parameters": params})
+            st.calls.append({"method": method, "params": body, "at": time.time()})
+            st.message_id += 1
+            mid = st.message_id
+        result = True if method.startswith("answer") or method.startswith("delete") else \
+            {"message_id": mid, "date": int(time.time()), "chat": {"id": body.get("chat_id")}, "text": body.get("text")}
+        return self.send_json(200, {"ok": True, "result": result})
+
+    def get_updates(self, body):
+        st = self.st
+        offset = int(body.get("offset", 0) or 0)
+        timeout = min(float(body.get("timeout", 0) or 0), 50.0)
+        limit = int(body.get("limit", 100) or 100)
+        deadline = time.time() + timeout
+        with st.lock:
+            st.updates = [u for u in st.updates if u["update_id"] >= offset]
+            while not st.updates and time.time() < deadline:
+                st.lock.wait(max(0.0, deadline - time.time()))
+                st.updates = [u for u in st.updates if u["update_id"] >= offset]
+            batch = st.updates[:limit]
+        return self.send_json(200, {"ok": True, "result": batch})
+
+    def get_file(self, body):
+        file_id = str(body.get("file_id", ""))
+        d = directives(file_id)
+        st = self.st
+        if "delay" in d:
+            time.sleep(d["delay"] / 1000.0)
+        if "flaky" in d:
+            with st.lock:
+                n = st.counters.get(file_id, 0)
+                st.counters[file_id] = n + 1
+            if n < d["flaky"]:
+                return self.send_json(500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
+        if "status" in d:
+            return self.send_json(d["status"], {"ok": False, "error_code": d["status"],
+                                                "description": "Injected HTTP %d" % d["status"]})
+        if d.get("okfalse"):
+            return self.send_json(400, {"ok": False, "error_code": 400,
+                                        "description": "Bad Request: invalid file_id"})
+        if not file_id:
+            return self.send_json(400, {"ok": False, "error_code": 400,
+                                        "description": "Bad Request: file_id is empty"})
+        data = content_for(file_id, d)
+        result = {"file_id": file_id, "file_unique_id": hashlib.md5(file_id.encode()).hexdigest()[:16],
+                  "file_path": "../../etc/passwd" if d.get("badpath") else "documents/file_%s.jpg" % file_id}
+        if not d.get("nosize"):
+            result["file_size"] = d.get("size", len(data))
+        return self.send_json(200, {"ok": True, "result": result})
+
+    def download(self, file_path):
+        m = re.match(r"^documents/file_(.+)\.jpg$", file_path)
+        if not m:
+            return self.send_json(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+        file_id = m.group(1)
+        d = directives(file_id)
+        if "dlstatus" in d:
+            return self.send_json(d["dlstatus"], {"ok": False, "error_code": d["dlstatus"],
+                                                  "description": "Injected"})
+        data = content_for(file_id, d)
+        if "dldelay" in d:
+            time.sleep(d["dldelay"] / 1000.0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            if d.get("trunc"):
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            if "drip" in d:
+                for i in range(0, len(data), 1024):
+                    self.wfile.write(data[i:i + 1024])
+                    self.wfile.flush()
+                    time.sleep(d["drip"] / 1000.0)
+                return
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=58080)
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--token", required=True, help="the only token accepted")
+    ap.add_argument("--pidfile")
+    args = ap.parse_args()
+    srv = ThreadingHTTPServer((args.bind, args.port), Handler)
+    srv.daemon_threads = True
+    srv.state = State(args.token)
+    if args.pidfile:
+        import os
+        with open(args.pidfile, "w") as f:
+            f.write(str(os.getpid()))
+    sys.stderr.write("botapi-standin listening on %s:%d\n" % (args.bind, args.port))
+    sys.stderr.flush()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
