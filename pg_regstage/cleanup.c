@@ -72,7 +72,8 @@ remove_file(OrphanScan *st, const char *relpath, const char *why)
 		st->stats->errors++;
 		ereport(WARNING,
 				(errcode_for_file_access(),
-				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", path)));
+				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", relpath),
+				 errdetail("Path: \"%s\".", path)));
 	}
 }
 
@@ -103,7 +104,7 @@ flush_batch(OrphanScan *st)
 		Candidate  *c = &st->batch[i];
 
 		CHECK_FOR_INTERRUPTS();
-		if (st->now - c->mtime > st->max_age_s)
+		if (st->now - c->mtime >= st->max_age_s)
 			remove_file(st, c->relpath, "orphaned file");
 		else
 		{
@@ -141,7 +142,8 @@ scan_entry(OrphanScan *st, const char *relpath, int depth)
 		{
 			st->stats->errors++;
 			ereport(WARNING, (errcode_for_file_access(),
-							  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", path)));
+							  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", relpath),
+							  errdetail("Path: \"%s\".", path)));
 		}
 		return;
 	}
@@ -157,7 +159,7 @@ scan_entry(OrphanScan *st, const char *relpath, int depth)
 			return;
 		scan_dir(st, relpath, depth + 1);
 		/* a directory left empty by this (or an earlier) run goes too */
-		if (strcmp(relpath, UPLOAD_TMP_DIR) != 0 && st->now - sb.st_mtime > st->max_age_s &&
+		if (strcmp(relpath, UPLOAD_TMP_DIR) != 0 && st->now - sb.st_mtime >= st->max_age_s &&
 			rmdir(path) == 0)
 			ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", relpath)));
 		return;
@@ -167,7 +169,7 @@ scan_entry(OrphanScan *st, const char *relpath, int depth)
 
 	if (is_temporary(relpath))
 	{
-		if (st->now - sb.st_mtime > st->tmp_max_age_s)
+		if (st->now - sb.st_mtime >= st->tmp_max_age_s)
 			remove_file(st, relpath, "temporary file");
 		else
 			st->stats->kept++;
@@ -199,7 +201,8 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 		st->stats->errors++;
 		ereport(WARNING,
 				(errcode_for_file_access(),
-				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", path),
+				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", reldir[0] ? reldir : "."),
+				 errdetail("Path: \"%s\".", path),
 				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
 		return;
 	}
@@ -239,8 +242,9 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	if (SPI_execute("SELECT count(*) FROM regstage.documents", true, 1) == SPI_OK_SELECT)
 		in_db = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	ereport(LOG,
-			(errmsg("pg_regstage cleanup: starting in \"%s\" (orphans older than " INT64_FORMAT " s, temporary files older than " INT64_FORMAT " s); files in database: " INT64_FORMAT,
-					st->root, max_age_s, tmp_max_age_s, in_db)));
+			(errmsg("pg_regstage cleanup: starting (orphans older than " INT64_FORMAT " s, temporary files older than " INT64_FORMAT " s); files in database: " INT64_FORMAT,
+					max_age_s, tmp_max_age_s, in_db),
+			 errdetail("Upload directory: \"%s\".", st->root)));
 
 	st->unreferenced_plan =
 		SPI_prepare("SELECT u.i::int4 FROM unnest($1::text[]) WITH ORDINALITY AS u(p, i) "

@@ -22,8 +22,10 @@
 #include <unistd.h>
 
 #include "access/xact.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 
 #include "guc.h"
@@ -283,4 +285,26 @@ upload_finish(UploadTemp *tmp, int64 telegram_id, const char *doc_type,
 	fsync_fname(userdir, true);
 	fsync_fname(dir, true);
 	return relpath;
+}
+
+PG_FUNCTION_INFO_V1(regstage_document_file_exists);
+
+/*
+ * document_file_exists(file_path): is there a regular file at
+ * upload_dir/file_path?  Paths that could leave upload_dir are answered
+ * false without touching the file system.
+ */
+Datum
+regstage_document_file_exists(PG_FUNCTION_ARGS)
+{
+	char	   *rel = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	if (regstage_upload_dir[0] == '\0' || rel[0] == '\0' || rel[0] == '/' ||
+		strcmp(rel, "..") == 0 || strncmp(rel, "../", 3) == 0 || strstr(rel, "/../") != NULL ||
+		(strlen(rel) >= 3 && strcmp(rel + strlen(rel) - 3, "/..") == 0))
+		PG_RETURN_BOOL(false);
+	snprintf(path, sizeof(path), "%s/%s", regstage_upload_dir, rel);
+	PG_RETURN_BOOL(lstat(path, &st) == 0 && S_ISREG(st.st_mode));
 }

@@ -46,6 +46,7 @@ TOKEN=$(new_token)
 server_owned_dir 0750 "$W/uploads"
 mkdir -p "$W/fixtures/readonly" && chmod 0755 "$W/fixtures/readonly"	# root-owned: Permission denied
 touch "$W/fixtures/notadir"
+server_owned_dir 0750 "$W/fixtures/work"	# scratch upload dirs for the cleanup tests
 
 start_postgres "$W" $PG_PORT "
 shared_preload_libraries = 'pg_regstage, pg_cron'

@@ -8,11 +8,12 @@ CREATE EXTENSION pg_regstage;
 CREATE SCHEMA regstage_test;
 
 CREATE FUNCTION regstage_test.mask(t text) RETURNS text LANGUAGE sql AS $$
-	SELECT replace(replace(replace(replace(t,
+	SELECT regexp_replace(replace(replace(replace(replace(t,
 		current_setting('regstage.upload_dir'), '<upload_dir>'),
 		current_setting('regstage_test.fixtures'), '<fixtures>'),
 		'127.0.0.1:' || current_setting('regstage.redis_port'), '<redis>'),
-		'127.0.0.1:' || current_setting('regstage_test.api_port'), '<api>')
+		'127.0.0.1:' || current_setting('regstage_test.api_port'), '<api>'),
+		'after [0-9]+ ms:', 'after N ms:', 'g')
 $$;
 
 -- Run a statement: 'ok[: result]' or 'ERROR <sqlstate>: <message>'.

@@ -1,0 +1,74 @@
+-- cleanup_orphans(): the seed's test 4, temporary files, symlinks that
+-- point outside, unreadable directories, empty per-user directories.
+\set VERBOSITY terse
+SELECT current_setting('regstage_test.fixtures') || '/work/cleanup' AS dir \gset
+SELECT * FROM regstage_test.sh(format('rm -rf %1$s %1$s-outside && mkdir -p %1$s %1$s-outside/sub', :'dir'));
+SET regstage.upload_dir = :'dir';
+
+-- A registered user whose passport file is two days old (referenced: kept)
+INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES (6001, 'Old User', '+79160006001', 'ru');
+INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256)
+SELECT id, 'passport', 'AgAC_old', '6001/passport-0123456789abcdef.jpg', 5, repeat('a', 64)
+  FROM regstage.users WHERE telegram_id = 6001;
+
+SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
+	mkdir 6001 6002 6003 .tmp locked &&
+	echo test > 6001/passport-0123456789abcdef.jpg && touch -d '3 days ago' 6001/passport-0123456789abcdef.jpg &&
+	echo test > test_orphaned.jpg && touch -d '3 days ago' test_orphaned.jpg &&
+	echo test > 6002/selfie-new.jpg &&
+	echo partial > .tmp/6004-passport-1-1.part && touch -d '25 hours ago' .tmp/6004-passport-1-1.part &&
+	echo partial > .tmp/6005-passport-1-2.part &&
+	echo old > %1$s-outside/victim.jpg && touch -d '3 days ago' %1$s-outside/victim.jpg &&
+	echo old > %1$s-outside/sub/victim2.jpg && touch -d '3 days ago' %1$s-outside/sub/victim2.jpg &&
+	ln -s %1$s-outside/victim.jpg link-to-outside.jpg &&
+	ln -s %1$s-outside/sub linkdir &&
+	echo x > locked/unreachable.jpg && chmod 000 locked &&
+	touch -d '3 days ago' 6003 $sh$, :'dir'));
+
+-- Seed test 4: the old orphan goes, the referenced file of the same age and
+-- the recent orphan stay; an old temporary file goes, a recent one stays;
+-- the unreadable directory is an error and the walk goes on.
+SET client_min_messages = log;
+SELECT * FROM regstage.cleanup_orphans();
+RESET client_min_messages;
+SELECT * FROM regstage_test.sh(format('cd %s && find . | sort', :'dir'));
+-- nothing outside upload_dir was touched, through either symlink
+SELECT * FROM regstage_test.sh(format('cd %s-outside && find . -type f | sort', :'dir'));
+
+-- Thresholds are parameters; a second run finds nothing more to delete
+SELECT * FROM regstage.cleanup_orphans('48 hours', '24 hours');
+SELECT * FROM regstage.cleanup_orphans('0', '0');
+SELECT * FROM regstage_test.sh(format('cd %s && find . -type f | sort', :'dir'));
+SELECT regstage_test.try($$SELECT regstage.cleanup_orphans('-1 hour')$$);
+SELECT regstage_test.try($$SELECT regstage.cleanup_orphans(NULL)$$);
+SELECT * FROM regstage_test.sh(format('chmod 755 %s/locked', :'dir'));
+
+-- Migration: users stuck in PENDING without documents (the old architecture)
+INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES
+	(6101, 'Stuck One', '+79160006101', 'ru'), (6102, 'Stuck Two', '+79160006102', 'en');
+INSERT INTO regstage.users (telegram_id, full_name, phone, language, status) VALUES
+	(6103, 'Approved Without Docs', '+79160006103', 'en', 'APPROVED');
+SELECT telegram_id, full_name FROM regstage.purge_stuck_pending(dry_run => true);
+SELECT count(*) AS still_there FROM regstage.users WHERE telegram_id IN (6101, 6102);
+SELECT regstage.purge_stuck_pending();
+SELECT telegram_id FROM regstage.users WHERE telegram_id BETWEEN 6000 AND 6999 ORDER BY 1;
+
+-- fix_document_paths(): a row whose file moved (the seed's flat layout)
+INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES (6201, 'Moved Files', '+79160006201', 'ru');
+INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256)
+SELECT id, t, 'AgAC_' || t, p, 5, repeat('b', 64) FROM regstage.users,
+	(VALUES ('passport', 'uploads/6201_passport_AgAC.jpg'), ('selfie', 'uploads/6201_selfie_lost.jpg')) v(t, p)
+ WHERE telegram_id = 6201;
+SELECT * FROM regstage_test.sh(format('cd %s && mkdir -p 6201 && echo test > 6201/6201_passport_AgAC.jpg', :'dir'));
+SELECT old_path, new_path, status FROM regstage.fix_document_paths() WHERE old_path LIKE '%6201%';
+SELECT file_path FROM regstage.documents WHERE file_path LIKE '%6201_passport%';
+SELECT old_path, new_path, status FROM regstage.fix_document_paths(dry_run => false) WHERE old_path LIKE '%6201%';
+SELECT file_path FROM regstage.documents WHERE file_path LIKE '%6201_%' ORDER BY 1;
+
+-- pending_review: PENDING users, their documents, and whether each file is on disk
+SELECT telegram_id, full_name, doc_type, file_path, file_exists
+  FROM regstage.pending_review WHERE telegram_id BETWEEN 6000 AND 6999 ORDER BY telegram_id, doc_type;
+SELECT regstage.document_file_exists('../../etc/passwd'), regstage.document_file_exists('/etc/passwd');
+
+DELETE FROM regstage.users WHERE telegram_id BETWEEN 6000 AND 6999;
+RESET regstage.upload_dir;
