@@ -23,6 +23,7 @@ PG_FUNCTION_INFO_V1(regstage_stage_user_data);
 PG_FUNCTION_INFO_V1(regstage_stage_document);
 PG_FUNCTION_INFO_V1(regstage_staged);
 PG_FUNCTION_INFO_V1(regstage_missing);
+PG_FUNCTION_INFO_V1(regstage_missing_from);
 PG_FUNCTION_INFO_V1(regstage_extend_ttl);
 PG_FUNCTION_INFO_V1(regstage_clear_registration);
 PG_FUNCTION_INFO_V1(regstage_normalize_phone);
@@ -208,17 +209,76 @@ staging_missing_items(StagedRegistration *s)
 	return missing;
 }
 
+static ArrayType *
+text_array_from_list(List *items)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(items), 1));
+	ListCell   *lc;
+
+	foreach(lc, items)
+		elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
+	return construct_array(elems, list_length(items), TEXTOID, -1, false, TYPALIGN_INT);
+}
+
 Datum
 regstage_missing(PG_FUNCTION_ARGS)
 {
 	int64		telegram_id = telegram_id_arg(fcinfo);
-	List	   *missing = staging_missing_items(redis_fetch_staged(telegram_id));
-	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(missing), 1));
-	ListCell   *lc;
 
-	foreach(lc, missing)
-		elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
-	PG_RETURN_ARRAYTYPE_P(construct_array(elems, list_length(missing), TEXTOID, -1, false, TYPALIGN_INT));
+	PG_RETURN_ARRAYTYPE_P(text_array_from_list(staging_missing_items(redis_fetch_staged(telegram_id))));
+}
+
+/* The members of a staged() object's "data" or "documents" as StagedFields. */
+static List *
+fields_from_jsonb(Jsonb *staged, const char *key)
+{
+	JsonbValue *obj = getKeyJsonValueFromContainer(&staged->root, key, strlen(key), NULL);
+	List	   *fields = NIL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *name = NULL;
+
+	if (obj == NULL || obj->type != jbvBinary)
+		return NIL;
+	it = JsonbIteratorInit(obj->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			name = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok == WJB_VALUE && v.type == jbvString && name)
+		{
+			StagedField *f = palloc(sizeof(StagedField));
+
+			f->name = name;
+			f->value = pnstrdup(v.val.string.val, v.val.string.len);
+			fields = lappend(fields, f);
+		}
+	}
+	return fields;
+}
+
+/* missing_from(staged jsonb): missing() over a value staged() returned. */
+Datum
+regstage_missing_from(PG_FUNCTION_ARGS)
+{
+	StagedRegistration s = {0};
+
+	if (!PG_ARGISNULL(0))
+	{
+		Jsonb	   *staged = PG_GETARG_JSONB_P(0);
+		JsonbValue *lang;
+
+		if (JB_ROOT_IS_OBJECT(staged))
+		{
+			lang = getKeyJsonValueFromContainer(&staged->root, "language", 8, NULL);
+			if (lang && lang->type == jbvString)
+				s.language = pnstrdup(lang->val.string.val, lang->val.string.len);
+			s.data = fields_from_jsonb(staged, "data");
+			s.documents = fields_from_jsonb(staged, "documents");
+		}
+	}
+	PG_RETURN_ARRAYTYPE_P(text_array_from_list(staging_missing_items(&s)));
 }
 
 Datum

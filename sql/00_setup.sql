@@ -6,6 +6,7 @@ DROP SCHEMA IF EXISTS regstage_test CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_regstage;
 CREATE SCHEMA regstage_test;
+GRANT USAGE ON SCHEMA regstage_test TO PUBLIC;
 
 CREATE FUNCTION regstage_test.mask(t text) RETURNS text LANGUAGE sql AS $$
 	SELECT regexp_replace(replace(replace(replace(replace(t,
@@ -131,3 +132,25 @@ SET regstage.upload_dir = '/tmp';
 RESET ROLE;
 SELECT length(current_setting('regstage.bot_token')) > 10 AS superuser_sees_token;
 DROP ROLE regstage_test_user;
+
+-- Privileges: PUBLIC gets nothing; regstage_bot can stage and commit but
+-- not run admin functions
+CREATE ROLE regstage_test_outsider LOGIN;
+CREATE ROLE regstage_test_bot LOGIN IN ROLE regstage_bot;
+SET ROLE regstage_test_outsider;
+SELECT regstage_test.try('SELECT regstage.staged(1)');
+SELECT regstage_test.try('SELECT count(*) FROM regstage.users');
+RESET ROLE;
+SET ROLE regstage_test_bot;
+SELECT regstage_test.try('SELECT regstage.missing(1)');
+SELECT regstage_test.try('SELECT regstage.handle_update(''{"update_id": 999999001}'')');
+SELECT regstage_test.try('SELECT count(*) FROM regstage.users');
+SELECT regstage_test.try('SELECT count(*) FROM regstage.documents');
+SELECT regstage_test.try('INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES (1, ''x'', ''y'', ''en'')');
+SELECT regstage_test.try('SELECT * FROM regstage.cleanup_orphans()');
+SELECT regstage_test.try('SELECT regstage.purge_stuck_pending()');
+SELECT regstage_test.try('UPDATE regstage.users SET status = ''APPROVED''');
+SELECT regstage_test.try('DELETE FROM regstage.documents');
+RESET ROLE;
+DROP ROLE regstage_test_outsider;
+DROP ROLE regstage_test_bot;
