@@ -30,7 +30,7 @@ include $(PGXS)
 # ---- the relay (a plain C program; libcurl + libpq + jansson) -------------
 RELAY_SRCS = $(wildcard relay/*.c)
 RELAY_OBJS = $(RELAY_SRCS:.c=.o)
-RELAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -std=gnu11 -I$(shell $(PG_CONFIG) --includedir)
+RELAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu11 -I$(shell $(PG_CONFIG) --includedir)
 RELAY_LIBS = -L$(shell $(PG_CONFIG) --libdir) -lpq -lcurl -ljansson -lpthread
 prefix_bin ?= /usr/local/bin
 

@@ -14,6 +14,7 @@ Test control (no token):
   GET  /_test/calls      every recorded method call, as a JSON list
   POST /_test/reset      forget calls, updates and counters
   POST /_test/fault      {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1}
+                         or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal)
 
 Faults are chosen by the file_id, so tests stay stateless and parallel: the
 file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
@@ -133,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
                     st.updates.append(u)
                     ids.append(u["update_id"])
                 st.lock.notify_all()
-            return self.send_json(200, {"ok": True, "update_ids": ids})
+            return self.send_json(200, {"ok": True, "update_ids": ids, "at": time.time()})
         if self.path.startswith("/_test/calls"):
             with st.lock:
                 return self.send_json(200, st.calls)
@@ -176,9 +177,17 @@ class Handler(BaseHTTPRequestHandler):
             return self.get_file(body)
         if method == "getUpdates":
             return self.get_updates(body)
+        delay = 0.0
         with st.lock:
             for f in st.faults:
-                if f.get("method") == method and f.get("times", 1) > 0:
+                if f.get("method") == method and f.get("times", 1) > 0 and "delay_ms" in f:
+                    f["times"] = f.get("times", 1) - 1
+                    delay = f["delay_ms"] / 1000.0
+        if delay:
+            time.sleep(delay)
+        with st.lock:
+            for f in st.faults:
+                if f.get("method") == method and f.get("times", 1) > 0 and "delay_ms" not in f:
                     f["times"] = f.get("times", 1) - 1
                     status = f.get("status", 500)
                     params = {"retry_after": f["retry_after"]} if "retry_after" in f else {}

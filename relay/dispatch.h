@@ -1,0 +1,25 @@
+/*
+ * dispatch.h — per-chat ordering, worker connections, the offset watermark.
+ */
+#ifndef REGSTAGE_RELAY_DISPATCH_H
+#define REGSTAGE_RELAY_DISPATCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define DISPATCH_MAX_INFLIGHT 2000
+
+bool		dispatch_start(int nworkers);
+/* Queue an update (takes a reference); false if it was seen before. */
+bool		dispatch_submit(json_t *update);
+/* The getUpdates offset: one past the last update of a done prefix. */
+int64_t		dispatch_offset(void);
+int			dispatch_inflight(void);
+/* Wait up to ms for an update to finish (or for room in the queue). */
+void		dispatch_wait_progress(long ms);
+/* Stop taking new work, let running updates finish, join the workers. */
+void		dispatch_shutdown(void);
+
+#endif

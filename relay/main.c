@@ -1,0 +1,237 @@
+/*
+ * main.c — regstage-relay: configuration, signals and the getUpdates loop.
+ *
+ * Long-polls getUpdates and hands each update to the dispatcher, which runs
+ * it through regstage.handle_update() and performs the Bot API calls it
+ * returns.  The offset only moves past committed updates.
+ */
+#include <curl/curl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dispatch.h"
+#include "relay.h"
+#include "telegram.h"
+
+#define BACKOFF_CAP_MS 30000
+#define STUCK_POLL_MS 50
+
+RelayConfig relay_config;
+volatile sig_atomic_t relay_stop = 0;
+volatile sig_atomic_t relay_fatal = 0;
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+			"regstage-relay " RELAY_VERSION " — forwards Telegram updates to regstage.handle_update()\n"
+			"\n"
+			"Usage: regstage-relay [--help] [--version]\n"
+			"\n"
+			"Environment:\n"
+			"  TELEGRAM_BOT_TOKEN   bot token (required; never logged)\n"
+			"  TELEGRAM_API_URL     Bot API base URL (default https://api.telegram.org)\n"
+			"  DATABASE_URL         libpq connection string or URI (default: libpq's defaults)\n"
+			"  RELAY_WORKERS        database connections / parallel chats (default 4)\n"
+			"  RELAY_MAX_ATTEMPTS   handle_update errors before an update is skipped (default 5)\n"
+			"  RELAY_POLL_TIMEOUT   getUpdates long-poll timeout in seconds (default 50)\n"
+			"  RELAY_LOG_LEVEL      error, info (default) or debug\n"
+			"\n"
+			"Updates of one chat are handled in order; chats run in parallel.  The\n"
+			"offset only passes updates whose handle_update committed, so a crash\n"
+			"loses nothing; SIGTERM/SIGINT finish in-flight updates and exit 0.\n");
+}
+
+static int
+env_int(const char *name, int def, int min, int max)
+{
+	const char *v = getenv(name);
+	char	   *end;
+	long		n;
+
+	if (v == NULL || *v == '\0')
+		return def;
+	n = strtol(v, &end, 10);
+	if (*end != '\0' || n < min || n > max)
+	{
+		fprintf(stderr, "regstage-relay: %s must be an integer from %d to %d\n", name, min, max);
+		exit(2);
+	}
+	return (int) n;
+}
+
+static void
+load_config(void)
+{
+	const char *level = getenv("RELAY_LOG_LEVEL");
+
+	relay_config.token = getenv("TELEGRAM_BOT_TOKEN");
+	relay_config.api_url = getenv("TELEGRAM_API_URL");
+	relay_config.database_url = getenv("DATABASE_URL");
+	if (relay_config.api_url == NULL || *relay_config.api_url == '\0')
+		relay_config.api_url = "https://api.telegram.org";
+	if (relay_config.database_url == NULL)
+		relay_config.database_url = "";
+	relay_config.workers = env_int("RELAY_WORKERS", 4, 1, 256);
+	relay_config.max_attempts = env_int("RELAY_MAX_ATTEMPTS", 5, 1, 1000);
+	relay_config.poll_timeout_s = env_int("RELAY_POLL_TIMEOUT", 50, 0, 600);
+	relay_config.log_level = LOG_INFO;
+	if (level && strcmp(level, "error") == 0)
+		relay_config.log_level = LOG_ERROR;
+	else if (level && strcmp(level, "debug") == 0)
+		relay_config.log_level = LOG_DEBUG;
+	if (relay_config.token == NULL || strlen(relay_config.token) < 4 ||
+		strpbrk(relay_config.token, "/?#& \t\r\n") != NULL)
+	{
+		fprintf(stderr, "regstage-relay: TELEGRAM_BOT_TOKEN is missing or malformed (see --help)\n");
+		exit(2);
+	}
+	if (strncmp(relay_config.api_url, "http://", 7) != 0 && strncmp(relay_config.api_url, "https://", 8) != 0)
+	{
+		fprintf(stderr, "regstage-relay: TELEGRAM_API_URL must start with http:// or https://\n");
+		exit(2);
+	}
+}
+
+static void
+on_signal(int sig)
+{
+	relay_stop = 1;
+}
+
+static long
+backoff_ms(int failures)
+{
+	long		ms = 500L << (failures < 6 ? failures : 6);
+
+	return ms > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : ms;
+}
+
+/* One getUpdates round: queue what is new.  Returns false on a failed call. */
+static bool
+poll_once(TgClient *tg, int *new_updates, int *failures)
+{
+	char		body[256];
+	int			timeout = dispatch_inflight() > 0 ? 0 : relay_config.poll_timeout_s;
+	TgResult	res;
+	json_t	   *result;
+	size_t		i;
+	json_t	   *u;
+
+	snprintf(body, sizeof(body),
+			 "{\"offset\": %lld, \"timeout\": %d, \"limit\": 100, "
+			 "\"allowed_updates\": [\"message\", \"callback_query\"]}",
+			 (long long) dispatch_offset(), timeout);
+	tg_call(tg, "getUpdates", body, (timeout + 15) * 1000L, true, &res);
+	*new_updates = 0;
+	if (relay_stop)
+	{
+		tg_result_clear(&res);
+		return true;
+	}
+	result = res.body ? json_object_get(res.body, "result") : NULL;
+	if (res.http_status == 200 && json_is_array(result))
+	{
+		json_array_foreach(result, i, u)
+		{
+			if (json_is_object(u) && dispatch_submit(u))
+				(*new_updates)++;
+		}
+		*failures = 0;
+		tg_result_clear(&res);
+		return true;
+	}
+	if (res.http_status == 401 || res.http_status == 404)
+	{
+		relay_log(LOG_ERROR, "the Bot API refused the token (%ld %s); check TELEGRAM_BOT_TOKEN",
+				  res.http_status, res.error);
+		relay_fatal = relay_stop = 1;
+	}
+	else if (res.http_status == 429)
+	{
+		int			wait_s = res.retry_after > 0 ? res.retry_after : 1;
+
+		relay_log(LOG_ERROR, "getUpdates rate limited, retrying after %d s", wait_s);
+		relay_sleep_ms(wait_s * 1000L);
+	}
+	else
+	{
+		relay_log(LOG_ERROR, "getUpdates failed (%ld %s), retrying in %ld ms",
+				  res.http_status, res.error[0] ? res.error : "no answer", backoff_ms(*failures));
+		relay_sleep_ms(backoff_ms((*failures)++));
+	}
+	tg_result_clear(&res);
+	return false;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct sigaction sa;
+	TgClient   *tg;
+	int			failures = 0;
+
+	for (int i = 1; i < argc; i++)
+	{
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		{
+			usage(stdout);
+			return 0;
+		}
+		if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0)
+		{
+			printf("regstage-relay " RELAY_VERSION "\n");
+			return 0;
+		}
+		fprintf(stderr, "regstage-relay: unknown argument \"%s\"\n", argv[i]);
+		usage(stderr);
+		return 2;
+	}
+	load_config();
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (tg = tg_client_new()) == NULL)
+	{
+		fprintf(stderr, "regstage-relay: could not initialise libcurl\n");
+		return 1;
+	}
+	if (!dispatch_start(relay_config.workers))
+	{
+		fprintf(stderr, "regstage-relay: could not start worker threads\n");
+		return 1;
+	}
+	relay_log(LOG_INFO, "started: %d workers, Bot API %s", relay_config.workers, relay_config.api_url);
+
+	while (!relay_stop)
+	{
+		int			new_updates;
+
+		/* back-pressure: wait for room */
+		while (!relay_stop && dispatch_inflight() >= DISPATCH_MAX_INFLIGHT)
+			dispatch_wait_progress(100);
+		if (!poll_once(tg, &new_updates, &failures) || relay_stop)
+			continue;
+		/*
+		 * getUpdates answers at once while unconfirmed updates are in flight;
+		 * when it brought nothing new, wait briefly for progress instead of
+		 * spinning (still short enough to see another chat's update quickly).
+		 */
+		if (new_updates == 0 && dispatch_inflight() > 0)
+			dispatch_wait_progress(STUCK_POLL_MS);
+	}
+
+	relay_log(LOG_INFO, "stopping: finishing in-flight updates");
+	dispatch_shutdown();
+	tg_client_free(tg);
+	curl_global_cleanup();
+	relay_log(LOG_INFO, "stopped");
+	return relay_fatal ? 1 : 0;
+}

@@ -1,0 +1,173 @@
+/*
+ * telegram.c — HTTP calls to the Bot API with libcurl.
+ *
+ * One CURL easy handle per thread, reused for keep-alive.  The URL holds
+ * the token, so it is never logged; curl's error texts are redacted.
+ */
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "relay.h"
+#include "telegram.h"
+
+#define TG_BODY_MAX (16 * 1024 * 1024)
+
+struct TgClient
+{
+	CURL	   *curl;
+	struct curl_slist *headers;
+	char		errbuf[CURL_ERROR_SIZE];
+	char	   *buf;
+	size_t		len;
+	size_t		cap;
+	bool		abort_on_stop;
+};
+
+static size_t
+write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	TgClient   *c = userdata;
+	size_t		n = size * nmemb;
+
+	if (c->len + n + 1 > c->cap)
+	{
+		size_t		cap = c->cap ? c->cap : 8192;
+		char	   *nb;
+
+		while (cap < c->len + n + 1)
+			cap *= 2;
+		if (cap > TG_BODY_MAX)
+			return 0;
+		nb = realloc(c->buf, cap);
+		if (nb == NULL)
+			return 0;
+		c->buf = nb;
+		c->cap = cap;
+	}
+	memcpy(c->buf + c->len, ptr, n);
+	c->len += n;
+	c->buf[c->len] = '\0';
+	return n;
+}
+
+static int
+progress_cb(void *userdata, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+	TgClient   *cl = userdata;
+
+	return (cl->abort_on_stop && relay_stop) ? 1 : 0;
+}
+
+TgClient *
+tg_client_new(void)
+{
+	TgClient   *c = calloc(1, sizeof(TgClient));
+
+	if (c == NULL)
+		return NULL;
+	c->curl = curl_easy_init();
+	c->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (c->curl == NULL || c->headers == NULL)
+	{
+		tg_client_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void
+tg_client_free(TgClient *c)
+{
+	if (c == NULL)
+		return;
+	if (c->curl)
+		curl_easy_cleanup(c->curl);
+	curl_slist_free_all(c->headers);
+	free(c->buf);
+	free(c);
+}
+
+void
+tg_result_clear(TgResult *res)
+{
+	if (res->body)
+		json_decref(res->body);
+	memset(res, 0, sizeof(*res));
+}
+
+json_t *
+tg_parse_body(const char *data, size_t len, char *err, size_t errlen)
+{
+	json_error_t jerr;
+	json_t	   *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+
+	if (j == NULL && err)
+		snprintf(err, errlen, "invalid JSON from the Bot API: %s", jerr.text);
+	if (j != NULL && !json_is_object(j))
+	{
+		if (err)
+			snprintf(err, errlen, "the Bot API answered with JSON that is not an object");
+		json_decref(j);
+		return NULL;
+	}
+	return j;
+}
+
+void
+tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
+		bool abort_on_stop, TgResult *res)
+{
+	char		url[2048];
+	CURLcode	rc;
+
+	memset(res, 0, sizeof(*res));
+	snprintf(url, sizeof(url), "%s/bot%s/%s", relay_config.api_url, relay_config.token, method);
+	c->len = 0;
+	if (c->buf)
+		c->buf[0] = '\0';
+	c->errbuf[0] = '\0';
+	c->abort_on_stop = abort_on_stop;
+
+	curl_easy_reset(c->curl);
+	curl_easy_setopt(c->curl, CURLOPT_URL, url);
+	curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "regstage-relay/" RELAY_VERSION);
+	curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
+	curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, json_body);
+	curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE, (long) strlen(json_body));
+	curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+	curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c);
+	curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf);
+	curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, progress_cb);
+	curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+
+	rc = curl_easy_perform(c->curl);
+	memset(url, 0, sizeof(url));
+	if (rc != CURLE_OK)
+	{
+		snprintf(res->error, sizeof(res->error), "%s",
+				 c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+		relay_redact(res->error);
+		return;
+	}
+	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
+	res->body = tg_parse_body(c->buf ? c->buf : "", c->len, res->error, sizeof(res->error));
+	if (res->body)
+	{
+		json_t	   *desc = json_object_get(res->body, "description");
+		json_t	   *params = json_object_get(res->body, "parameters");
+		json_t	   *ra = params ? json_object_get(params, "retry_after") : NULL;
+
+		if (json_is_string(desc))
+			snprintf(res->error, sizeof(res->error), "%s", json_string_value(desc));
+		if (json_is_integer(ra))
+			res->retry_after = (int) json_integer_value(ra);
+	}
+	relay_redact(res->error);
+}
