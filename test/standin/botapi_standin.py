@@ -32,6 +32,7 @@ file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
   flaky<N>     getFile fails with 500 the first N times for this file_id
   badpath      getFile returns file_path "../../etc/passwd"
   png / pdf    content starts with that format's magic bytes (default JPEG)
+  sample<name> the bundled image samples/<name>.png (the demo's passport/selfie)
 """
 import argparse
 import hashlib
@@ -57,7 +58,18 @@ def directives(file_id):
     return out
 
 
+SAMPLES = __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.abspath(__file__)), "samples")
+
+
 def content_for(file_id, d):
+    if file_id.startswith("sample") and "_" in file_id:      # sample<name>_<tag>: a bundled image
+        name = file_id[6:file_id.index("_")]
+        if re.match(r"^[a-z]+$", name):
+            try:
+                with open("%s/%s.png" % (SAMPLES, name), "rb") as f:
+                    return f.read()
+            except OSError:
+                pass
     n = d.get("bytes", 2048)
     if d.get("empty"):
         return b""

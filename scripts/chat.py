@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""A terminal chat with the bot, through the offline Bot API stand-in.
+
+You are a Telegram user; what you type becomes an update the relay picks up
+from the stand-in, and the bot's replies are printed as they arrive.
+
+  text          send a message (your name, a phone number, /start, /cancel ...)
+  1, 2, ...     press the numbered button of the last keyboard
+  /contact      share your phone number (the contact button)
+  /photo NAME   send a bundled sample image as a photo: passport or selfie
+  /quit         leave the chat (the system keeps running; scripts/down.sh stops it)
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+API = os.environ.get("REGSTAGE_STANDIN_URL", "http://127.0.0.1:58079")
+USER_ID = int(os.environ.get("REGSTAGE_CHAT_USER", "100001"))
+USER = {"id": USER_ID, "is_bot": False, "first_name": "Demo", "last_name": "User",
+        "username": "demo_user", "language_code": os.environ.get("REGSTAGE_CHAT_LANG", "en")}
+CHAT = {"id": USER_ID, "type": "private", "first_name": "Demo"}
+
+
+def http(path, body=None):
+    req = urllib.request.Request(API + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"},
+                                 method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Chat:
+    def __init__(self):
+        self.seen = len(http("/_test/calls"))
+        self.buttons = []
+        self.message_id = 1
+        self.photos = 0
+
+    def send(self, body):
+        self.message_id += 1
+        m = {"message_id": self.message_id, "from": USER, "chat": CHAT, "date": int(time.time())}
+        m.update(body)
+        http("/_test/updates", {"message": m})
+
+    def press(self, n):
+        if not 1 <= n <= len(self.buttons):
+            print("  (no button %d)" % n)
+            return
+        kind, value = self.buttons[n - 1]
+        if kind == "callback":
+            http("/_test/updates", {"callback_query": {"id": "cb%d" % time.time_ns(), "from": USER,
+                  "chat_instance": "1", "data": value,
+                  "message": {"message_id": self.message_id, "chat": CHAT, "date": int(time.time())}}})
+        elif kind == "contact":
+            self.contact()
+        else:
+            self.send({"text": value})
+
+    def contact(self):
+        self.send({"contact": {"phone_number": "+79160000001", "first_name": "Demo", "user_id": USER_ID}})
+
+    def photo(self, name):
+        self.photos += 1
+        fid = "sample%s_%d_%d" % (name, USER_ID, self.photos)
+        self.send({"photo": [{"file_id": "AgACthumb%d" % self.photos, "file_unique_id": "t", "file_size": 300,
+                              "width": 90, "height": 60},
+                             {"file_id": fid, "file_unique_id": "f%d" % self.photos, "file_size": 900,
+                              "width": 320, "height": 240}]})
+
+    def render(self, call):
+        p = call["params"]
+        if call["method"] == "answerCallbackQuery":
+            return
+        if call["method"] != "sendMessage":
+            print("  bot: (%s)" % call["method"])
+            return
+        print("  bot: " + p.get("text", ""))
+        rm = p.get("reply_markup") or {}
+        if "inline_keyboard" in rm or "keyboard" in rm:
+            self.buttons = []
+            for row in rm.get("inline_keyboard", []) + rm.get("keyboard", []):
+                for b in row:
+                    if "callback_data" in b:
+                        self.buttons.append(("callback", b["callback_data"]))
+                    elif b.get("request_contact"):
+                        self.buttons.append(("contact", None))
+                    else:
+                        self.buttons.append(("text", b["text"]))
+                    print("       [%d] %s%s" % (len(self.buttons), b["text"],
+                                                 "  (or type /contact)" if b.get("request_contact") else ""))
+        elif rm.get("remove_keyboard"):
+            self.buttons = []
+
+    def drain(self, wait_s):
+        """Print new replies; wait up to wait_s for the first one."""
+        t0 = time.time()
+        got = False
+        while True:
+            calls = http("/_test/calls")
+            new = calls[self.seen:]
+            self.seen = len(calls)
+            for c in new:
+                if str(c["params"].get("chat_id", USER_ID)) == str(USER_ID) or c["method"] == "answerCallbackQuery":
+                    self.render(c)
+                    got = got or c["method"] == "sendMessage"
+            if got:
+                time.sleep(0.3)
+                calls = http("/_test/calls")
+                for c in calls[self.seen:]:
+                    self.render(c)
+                self.seen = len(calls)
+                return
+            if time.time() - t0 > wait_s:
+                return
+            time.sleep(0.1)
+
+
+def main():
+    interactive = sys.stdin.isatty()
+    print(__doc__.split("\n\n", 1)[1])
+    chat = Chat()
+    print("  (you are Telegram user %d; type /start to begin)" % USER_ID)
+    while True:
+        if interactive:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\n")
+            print("you> " + line)
+        line = line.strip()
+        if not line:
+            chat.drain(0.5)
+            continue
+        if line == "/quit":
+            break
+        if line.isdigit() and chat.buttons:
+            chat.press(int(line))
+        elif line == "/contact":
+            chat.contact()
+        elif line.startswith("/photo"):
+            name = (line.split() + ["passport"])[1]
+            if name not in ("passport", "selfie"):
+                print("  (samples: passport, selfie)")
+                continue
+            chat.photo(name)
+        else:
+            chat.send({"text": line})
+        chat.drain(15)
+    print("bye — the bot keeps running; stop everything with: bash scripts/down.sh")
+
+
+if __name__ == "__main__":
+    main()
