@@ -241,10 +241,11 @@ def _():
     assert "this-is-not-the-token" not in log, "token printed"
 
 
-@case("token secrecy", "the bot token appears nowhere in the relay log")
+@case("token secrecy", "the bot token appears nowhere in the relay log or the PostgreSQL log")
 def _():
     log = open(RELAY_LOG).read()
     assert TOKEN not in log
+    assert TOKEN not in open(os.path.join(W, "log", "postgres.log")).read()
     assert "update " in log and " calls, " in log, "one line per update is logged"
 
 
