@@ -22,6 +22,7 @@
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -465,6 +466,34 @@ on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi, int64 telegram_id)
 }
 
 /*
+ * The backend's multi handle, created on first use and kept: its connection
+ * cache lets the next registration reuse the connections to the Bot API.
+ */
+static CURLM *multi_handle = NULL;
+
+static void
+botapi_on_exit(int code, Datum arg)
+{
+	if (multi_handle)
+		curl_multi_cleanup(multi_handle);
+	multi_handle = NULL;
+}
+
+static CURLM *
+botapi_multi(void)
+{
+	if (multi_handle == NULL)
+	{
+		multi_handle = curl_multi_init();
+		if (multi_handle == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory in libcurl")));
+		curl_multi_setopt(multi_handle, CURLMOPT_MAXCONNECTS, 8L);
+		on_proc_exit(botapi_on_exit, (Datum) 0);
+	}
+	return multi_handle;
+}
+
+/*
  * Fetch every file concurrently.  Returns when all are downloaded; raises on
  * the first failure (the caller's transaction then removes the files).
  */
@@ -472,7 +501,7 @@ void
 botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 {
 	Transfer   *xfers = palloc0(sizeof(Transfer) * nfiles);
-	CURLM	   *volatile multi = NULL;
+	CURLM	   *multi;
 
 	if (regstage_bot_token == NULL || regstage_bot_token[0] == '\0')
 		ereport(ERROR,
@@ -485,9 +514,7 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 		int			pending = nfiles;
 		TimestampTz start = GetCurrentTimestamp();
 
-		multi = curl_multi_init();
-		if (multi == NULL)
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory in libcurl")));
+		multi = botapi_multi();
 		for (int i = 0; i < nfiles; i++)
 		{
 			xfers[i].file = &files[i];
@@ -530,8 +557,7 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 
 			if (t->easy)
 			{
-				if (multi)
-					curl_multi_remove_handle(multi, t->easy);
+				curl_multi_remove_handle(multi_handle, t->easy);
 				curl_easy_cleanup(t->easy);
 			}
 			if (t->headers)
@@ -539,8 +565,6 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 			if (t->sha)
 				pg_cryptohash_free(t->sha);
 		}
-		if (multi)
-			curl_multi_cleanup(multi);
 	}
 	PG_END_TRY();
 }

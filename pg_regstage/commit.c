@@ -328,6 +328,7 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nfiles; i++)
 		relpaths[i] = upload_finish(&temps[i], telegram_id, files[i].doc_type,
 									files[i].sha256_hex, files[i].ext);
+	upload_sync_user_dir(telegram_id);
 
 	/* 5: the rows */
 	user_id = insert_rows(telegram_id, staged, files, relpaths, nfiles);

@@ -248,9 +248,9 @@ upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *doc_type)
 }
 
 /*
- * Make a downloaded temporary file durable under its final name
+ * Move a downloaded temporary file, fsync'd, to its final name
  * <telegram_id>/<doc_type>-<sha256 prefix>.<ext>; returns that name
- * relative to upload_dir.  The name is ours: nothing of Telegram's
+ * relative to upload_dir.  upload_sync_user_dir() makes the rename durable.  The name is ours: nothing of Telegram's
  * file_path or file_id reaches the file system.
  */
 char *
@@ -282,9 +282,27 @@ upload_finish(UploadTemp *tmp, int64 telegram_id, const char *doc_type,
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not rename \"%s\" to \"%s\": %m", tmp->path, final)));
-	fsync_fname(userdir, true);
-	fsync_fname(dir, true);
 	return relpath;
+}
+
+/*
+ * Make the renames into <telegram_id>/ durable: fsync that directory once
+ * for all documents, and upload_dir too when this transaction created the
+ * user directory (its entry is then new as well).
+ */
+void
+upload_sync_user_dir(int64 telegram_id)
+{
+	char		userdir[MAXPGPATH];
+
+	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, regstage_upload_dir, telegram_id);
+	fsync_fname(userdir, true);
+	for (PendingFile *p = pending_files; p; p = p->next)
+		if (p->is_dir && strcmp(p->path, userdir) == 0)
+		{
+			fsync_fname(regstage_upload_dir, true);
+			break;
+		}
 }
 
 PG_FUNCTION_INFO_V1(regstage_document_file_exists);

@@ -61,6 +61,11 @@ def directives(file_id):
 SAMPLES = __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.abspath(__file__)), "samples")
 
 
+@__import__("functools").lru_cache(maxsize=64)
+def content_for_id(file_id):
+    return content_for(file_id, directives(file_id))
+
+
 def content_for(file_id, d):
     if file_id.startswith("sample") and "_" in file_id:      # sample<name>_<tag>: a bundled image
         name = file_id[6:file_id.index("_")]
@@ -96,6 +101,7 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # like nginx: no 40 ms delayed-ACK stalls on keep-alive
     server_version = "botapi-standin/1.0"
 
     def log_message(self, fmt, *args):       # quiet; never print URLs (they hold the token)
@@ -248,7 +254,7 @@ class Handler(BaseHTTPRequestHandler):
         if not file_id:
             return self.send_json(400, {"ok": False, "error_code": 400,
                                         "description": "Bad Request: file_id is empty"})
-        data = content_for(file_id, d)
+        data = content_for_id(file_id)
         result = {"file_id": file_id, "file_unique_id": hashlib.md5(file_id.encode()).hexdigest()[:16],
                   "file_path": "../../etc/passwd" if d.get("badpath") else "documents/file_%s.jpg" % file_id}
         if not d.get("nosize"):
@@ -264,7 +270,7 @@ class Handler(BaseHTTPRequestHandler):
         if "dlstatus" in d:
             return self.send_json(d["dlstatus"], {"ok": False, "error_code": d["dlstatus"],
                                                   "description": "Injected"})
-        data = content_for(file_id, d)
+        data = content_for_id(file_id)
         if "dldelay" in d:
             time.sleep(d["dldelay"] / 1000.0)
         self.send_response(200)
@@ -295,6 +301,7 @@ def main():
     ap.add_argument("--token", required=True, help="the only token accepted")
     ap.add_argument("--pidfile")
     args = ap.parse_args()
+    ThreadingHTTPServer.request_queue_size = 1024      # many clients connect at once
     srv = ThreadingHTTPServer((args.bind, args.port), Handler)
     srv.daemon_threads = True
     srv.state = State(args.token)
