@@ -101,6 +101,7 @@ bench_commit() {
 }
 
 RATIO=()
+FIND_NOTE=()
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 case "$WHAT" in
 	commit|all) bench_commit ;;
@@ -114,5 +115,6 @@ esac
 case "$WHAT" in
 	relay|all) [ -f "$SRC/bench/relay_bench.sh" ] && . "$SRC/bench/relay_bench.sh" ;;
 esac
+[ ${#FIND_NOTE[@]} -gt 0 ] && { printf '\nthe file system floor (directory traversal only, C):\n'; printf -- '- %s\n' "${FIND_NOTE[@]}"; }
 printf '\n## ratios\n\n'
 for r in "${RATIO[@]}"; do echo "- $r"; done

@@ -11,7 +11,7 @@
  *   younger orphan              kept (a transaction in flight may own it)
  *   temporary (.tmp/, *.part)   deleted when older than tmp_max_age
  *
- * Per-user directories left empty (and older than max_age) are removed.
+ * Per-user directories found empty (and older than max_age) are removed.
  */
 #include "postgres.h"
 
@@ -40,7 +40,6 @@
 typedef struct Candidate
 {
 	char	   *relpath;
-	time_t		mtime;
 } Candidate;
 
 typedef struct OrphanScan
@@ -77,20 +76,49 @@ remove_file(OrphanScan *st, const char *relpath, const char *why)
 	}
 }
 
-/* Check the batch against documents.file_path; delete or keep the orphans. */
+/* mtime of a file under upload_dir; false (and counted) when it cannot be read */
+static bool
+entry_mtime(OrphanScan *st, const char *relpath, time_t *mtime)
+{
+	char		path[MAXPGPATH];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
+	if (lstat(path, &sb) == 0)
+	{
+		*mtime = sb.st_mtime;
+		return true;
+	}
+	if (errno != ENOENT)
+	{
+		st->stats->errors++;
+		ereport(WARNING, (errcode_for_file_access(),
+						  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", relpath),
+						  errdetail("Path: \"%s\".", path)));
+	}
+	return false;
+}
+
+/*
+ * Check the batch against documents.file_path (one index-probe query); stat
+ * only the unreferenced files and delete or keep them by age.
+ */
 static void
 flush_batch(OrphanScan *st)
 {
+	MemoryContext oldcxt;
 	Datum	   *elems;
 	Datum		values[1];
 	int			rc;
 
 	if (st->nbatch == 0)
 		return;
+	oldcxt = MemoryContextSwitchTo(st->batch_cxt);
 	elems = palloc(sizeof(Datum) * st->nbatch);
 	for (int i = 0; i < st->nbatch; i++)
 		elems[i] = CStringGetTextDatum(st->batch[i].relpath);
 	values[0] = PointerGetDatum(construct_array(elems, st->nbatch, TEXTOID, -1, false, TYPALIGN_INT));
+	MemoryContextSwitchTo(oldcxt);
 	rc = SPI_execute_plan(st->unreferenced_plan, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_regstage cleanup: lookup of documents.file_path failed: %s", SPI_result_code_string(rc));
@@ -102,9 +130,12 @@ flush_batch(OrphanScan *st)
 		bool		isnull;
 		int			i = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
 		Candidate  *c = &st->batch[i];
+		time_t		mtime;
 
 		CHECK_FOR_INTERRUPTS();
-		if (st->now - c->mtime >= st->max_age_s)
+		if (!entry_mtime(st, c->relpath, &mtime))
+			continue;
+		if (st->now - mtime >= st->max_age_s)
 			remove_file(st, c->relpath, "orphaned file");
 		else
 		{
@@ -127,67 +158,36 @@ is_temporary(const char *relpath)
 		(len > slen && strcmp(relpath + len - slen, UPLOAD_TMP_SUFFIX) == 0);
 }
 
-static void scan_dir(OrphanScan *st, const char *reldir, int depth);
-
-static void
-scan_entry(OrphanScan *st, const char *relpath, int depth)
+/* The entry's type from readdir, or from lstat where the file system does not say. */
+static int
+entry_type(OrphanScan *st, struct dirent *de, const char *relpath)
 {
 	char		path[MAXPGPATH];
 	struct stat sb;
 
+	if (de->d_type != DT_UNKNOWN)
+		return de->d_type;
 	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
 	if (lstat(path, &sb) != 0)
-	{
-		if (errno != ENOENT)
-		{
-			st->stats->errors++;
-			ereport(WARNING, (errcode_for_file_access(),
-							  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", relpath),
-							  errdetail("Path: \"%s\".", path)));
-		}
-		return;
-	}
-	if (S_ISLNK(sb.st_mode))
-	{
-		/* never followed, never removed: whatever it points at is not ours */
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
-		return;
-	}
-	if (S_ISDIR(sb.st_mode))
-	{
-		if (depth >= CLEANUP_MAX_DEPTH)
-			return;
-		scan_dir(st, relpath, depth + 1);
-		/* a directory left empty by this (or an earlier) run goes too */
-		if (strcmp(relpath, UPLOAD_TMP_DIR) != 0 && st->now - sb.st_mtime >= st->max_age_s &&
-			rmdir(path) == 0)
-			ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", relpath)));
-		return;
-	}
-	if (!S_ISREG(sb.st_mode))
-		return;
-
-	if (is_temporary(relpath))
-	{
-		if (st->now - sb.st_mtime >= st->tmp_max_age_s)
-			remove_file(st, relpath, "temporary file");
-		else
-			st->stats->kept++;
-		return;
-	}
-
-	st->batch[st->nbatch].relpath = MemoryContextStrdup(st->batch_cxt, relpath);
-	st->batch[st->nbatch].mtime = sb.st_mtime;
-	if (++st->nbatch == CLEANUP_BATCH)
-		flush_batch(st);
+		return DT_UNKNOWN;
+	return S_ISLNK(sb.st_mode) ? DT_LNK : S_ISDIR(sb.st_mode) ? DT_DIR :
+		S_ISREG(sb.st_mode) ? DT_REG : DT_UNKNOWN;
 }
 
+/*
+ * Walk one directory.  Types come from readdir (no stat per file): only
+ * temporary files, unreferenced files and empty directories are stat'ed.
+ * A directory found empty and older than max_age is removed; one emptied
+ * by this run goes in the next (its mtime is now).
+ */
 static void
 scan_dir(OrphanScan *st, const char *reldir, int depth)
 {
 	char		path[MAXPGPATH];
 	DIR		   *dir;
 	struct dirent *de;
+	int			entries = 0;
+	time_t		mtime;
 
 	if (reldir[0])
 		snprintf(path, sizeof(path), "%s/%s", st->root, reldir);
@@ -213,13 +213,47 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 		CHECK_FOR_INTERRUPTS();
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
+		entries++;
 		if (reldir[0])
 			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, de->d_name);
 		else
 			strlcpy(relpath, de->d_name, sizeof(relpath));
-		scan_entry(st, relpath, depth);
+
+		switch (entry_type(st, de, relpath))
+		{
+			case DT_LNK:
+				/* never followed, never removed: whatever it points at is not ours */
+				ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
+				break;
+			case DT_DIR:
+				if (depth < CLEANUP_MAX_DEPTH)
+					scan_dir(st, relpath, depth + 1);
+				break;
+			case DT_REG:
+				if (is_temporary(relpath))
+				{
+					if (!entry_mtime(st, relpath, &mtime))
+						break;
+					if (st->now - mtime >= st->tmp_max_age_s)
+						remove_file(st, relpath, "temporary file");
+					else
+						st->stats->kept++;
+					break;
+				}
+				st->batch[st->nbatch].relpath = MemoryContextStrdup(st->batch_cxt, relpath);
+				if (++st->nbatch == CLEANUP_BATCH)
+					flush_batch(st);
+				break;
+			default:
+				break;			/* sockets, fifos, devices: not ours */
+		}
 	}
 	FreeDir(dir);
+
+	if (entries == 0 && reldir[0] && strcmp(reldir, UPLOAD_TMP_DIR) != 0 &&
+		entry_mtime(st, reldir, &mtime) && st->now - mtime >= st->max_age_s &&
+		rmdir(path) == 0)
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", reldir)));
 }
 
 void
