@@ -78,8 +78,8 @@ now_ms(void)
 }
 
 /* The chat an update belongs to; updates without one are their own "chat". */
-static int64_t
-update_chat(json_t *u, int64_t update_id)
+int64_t
+dispatch_update_chat(json_t *u, int64_t update_id)
 {
 	static const char *const kinds[] = {"message", "edited_message", "channel_post", "edited_channel_post"};
 	json_t	   *cq = json_object_get(u, "callback_query");
@@ -180,7 +180,7 @@ dispatch_submit(json_t *update)
 	}
 	it = calloc(1, sizeof(Item));
 	it->update_id = update_id;
-	it->chat_id = update_chat(update, update_id);
+	it->chat_id = dispatch_update_chat(update, update_id);
 	it->json = json_dumps(update, JSON_COMPACT);
 	c = chat_get(it->chat_id);
 	if (it->json == NULL || c == NULL)

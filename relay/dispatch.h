@@ -12,6 +12,8 @@
 #define DISPATCH_MAX_INFLIGHT 2000
 
 bool		dispatch_start(int nworkers);
+/* The chat an update belongs to (exposed for the fuzz target). */
+int64_t		dispatch_update_chat(json_t *update, int64_t update_id);
 /* Queue an update (takes a reference); false if it was seen before. */
 bool		dispatch_submit(json_t *update);
 /* The getUpdates offset: one past the last update of a done prefix. */

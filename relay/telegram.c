@@ -157,7 +157,14 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 		return;
 	}
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
-	res->body = tg_parse_body(c->buf ? c->buf : "", c->len, res->error, sizeof(res->error));
+	tg_result_from_body(res, c->buf ? c->buf : "", c->len);
+}
+
+/* Fill body, description and retry_after of a result from a response body. */
+void
+tg_result_from_body(TgResult *res, const char *data, size_t len)
+{
+	res->body = tg_parse_body(data, len, res->error, sizeof(res->error));
 	if (res->body)
 	{
 		json_t	   *desc = json_object_get(res->body, "description");
@@ -166,7 +173,7 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 
 		if (json_is_string(desc))
 			snprintf(res->error, sizeof(res->error), "%s", json_string_value(desc));
-		if (json_is_integer(ra))
+		if (json_is_integer(ra) && json_integer_value(ra) > 0 && json_integer_value(ra) < 3600)
 			res->retry_after = (int) json_integer_value(ra);
 	}
 	relay_redact(res->error);

@@ -4,6 +4,8 @@
 #ifndef REGSTAGE_RELAY_TELEGRAM_H
 #define REGSTAGE_RELAY_TELEGRAM_H
 
+#include <stdbool.h>
+
 #include <jansson.h>
 
 typedef struct TgClient TgClient;
@@ -28,7 +30,8 @@ void		tg_call(TgClient *c, const char *method, const char *json_body,
 					long timeout_ms, bool abort_on_stop, TgResult *res);
 void		tg_result_clear(TgResult *res);
 
-/* Parse a getUpdates/Bot API body; exposed for the fuzz target. */
+/* Parse a Bot API response body (exposed for the fuzz target). */
 json_t	   *tg_parse_body(const char *data, size_t len, char *err, size_t errlen);
+void		tg_result_from_body(TgResult *res, const char *data, size_t len);
 
 #endif

@@ -31,6 +31,8 @@ file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
   dlstatus<N>  the download answers HTTP N
   flaky<N>     getFile fails with 500 the first N times for this file_id
   badpath      getFile returns file_path "../../etc/passwd"
+  abspath      getFile returns file_path "/etc/passwd"
+  ctlpath      getFile returns a file_path with a newline and a NUL
   png / pdf    content starts with that format's magic bytes (default JPEG)
   sample<name> the bundled image samples/<name>.png (the demo's passport/selfie)
 """
@@ -256,7 +258,13 @@ class Handler(BaseHTTPRequestHandler):
                                         "description": "Bad Request: file_id is empty"})
         data = content_for_id(file_id)
         result = {"file_id": file_id, "file_unique_id": hashlib.md5(file_id.encode()).hexdigest()[:16],
-                  "file_path": "../../etc/passwd" if d.get("badpath") else "documents/file_%s.jpg" % file_id}
+                  "file_path": "documents/file_%s.jpg" % file_id}
+        if d.get("badpath"):
+            result["file_path"] = "../../etc/passwd"
+        elif d.get("abspath"):
+            result["file_path"] = "/etc/passwd"
+        elif d.get("ctlpath"):
+            result["file_path"] = "documents/file\n\x00%s.jpg" % file_id
         if not d.get("nosize"):
             result["file_size"] = d.get("size", len(data))
         return self.send_json(200, {"ok": True, "result": result})

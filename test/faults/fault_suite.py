@@ -1,0 +1,689 @@
+#!/usr/bin/env python3
+"""The fault, security and load suite.
+
+Every fault is injected where it can happen — while staging, inside the
+commit before the inserts, after the inserts before COMMIT, after COMMIT
+before the Redis clear — and after every case the product's promise is
+checked:
+
+  1. no user without all required documents
+  2. every documents row's file exists with the recorded size and sha256
+  3. when a commit failed, its staged data is intact in Redis
+  4. after cleanup_orphans('0', '0') no file without a row remains
+  5. every update the relay accepted is applied exactly once (relay cases)
+
+Prints a table (case | result | what was checked) and "N passed, N failed".
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from regstage_testlib import (Env, Relay, Report, callback, message, registration, sqlstate, text,  # noqa: E402
+                              wait_for)
+
+env = Env("FAULT_SUITE")
+REDIS_PORT = os.environ["FAULT_SUITE_REDIS_PORT"]
+SMALL = os.environ["FAULT_SUITE_SMALL"]
+UPLOADS = os.path.join(env.dir, "uploads")
+REDIS_DIR = os.path.join(env.dir, "redis")
+report = Report()
+case = report.case
+errors_seen = []            # every error text of the suite, grepped for the token at the end
+next_tid = [40000]
+
+
+def new_tid():
+    next_tid[0] += 1
+    return next_tid[0]
+
+
+# ---- Redis faults -------------------------------------------------------------
+def redis_cli(*args):
+    return subprocess.run(["redis-cli", "-p", REDIS_PORT] + list(args), capture_output=True, text=True).stdout.strip()
+
+
+def redis_pid():
+    return int(open(os.path.join(REDIS_DIR, "redis.pid")).read())
+
+
+def redis_start():
+    subprocess.run(["redis-server", "--port", REDIS_PORT, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--daemonize", "yes", "--pidfile", os.path.join(REDIS_DIR, "redis.pid"),
+                    "--logfile", os.path.join(REDIS_DIR, "redis.log"), "--dir", REDIS_DIR], check=True)
+    wait_for(lambda: redis_cli("PING") == "PONG", 10, "Redis up")
+
+
+def redis_stop(keep_data=True):
+    pid = redis_pid()
+    redis_cli("SHUTDOWN", "SAVE" if keep_data else "NOSAVE")
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid), 10, "Redis down")
+    if not keep_data and os.path.exists(os.path.join(REDIS_DIR, "dump.rdb")):
+        os.unlink(os.path.join(REDIS_DIR, "dump.rdb"))
+
+
+def redis_hang():
+    os.kill(redis_pid(), signal.SIGSTOP)
+
+
+def redis_resume():
+    os.kill(redis_pid(), signal.SIGCONT)
+
+
+# ---- staging and committing ------------------------------------------------
+def stage(tid, passport="AgACp", selfie="AgACs"):
+    env.sql("SELECT regstage.stage_language(%d, 'en'), "
+            "regstage.stage_user_data(%d, '{\"full_name\": \"Fault Case\", \"phone\": \"+79160000001\"}'), "
+            "regstage.stage_document(%d, 'passport', '%s_%d'), regstage.stage_document(%d, 'selfie', '%s_%d')"
+            % (tid, tid, tid, passport, tid, tid, selfie, tid))
+
+
+def commit(tid, session=None, settings=""):
+    s = session or env.session()
+    out = s.run(settings + "SELECT regstage.commit_registration(%d)" % tid)
+    if session is None:
+        s.close()
+    errors_seen.extend(out)
+    return sqlstate(out), out
+
+
+def expect_failure(tid, code, settings=""):
+    state, out = commit(tid, settings=settings)
+    assert state == code, "expected SQLSTATE %s, got %s: %s" % (code, state, " | ".join(out)[:300])
+    return out
+
+
+def registered(tid):
+    return env.sql("SELECT count(*) FROM regstage.users WHERE telegram_id = %d" % tid) == "1"
+
+
+def staged_complete(tid):
+    return env.sql("SELECT regstage.is_registration_complete(%d)" % tid) == "t"
+
+
+def files_of(tid):
+    p = os.path.join(UPLOADS, str(tid))
+    return sorted(os.listdir(p)) if os.path.isdir(p) else []
+
+
+def tmp_files():
+    p = os.path.join(UPLOADS, ".tmp")
+    return sorted(os.listdir(p)) if os.path.isdir(p) else []
+
+
+# ---- the invariants ----------------------------------------------------------
+def invariants(failed=(), sweep=True):
+    """The product's promise; raises AssertionError naming what broke."""
+    incomplete = env.sql("SELECT count(*) FROM regstage.users u WHERE (SELECT count(DISTINCT d.doc_type) "
+                         "FROM regstage.documents d WHERE d.user_id = u.id) < 2")
+    assert incomplete == "0", "%s users without all documents" % incomplete
+    bad = env.sql("SELECT count(*) FROM regstage.documents d WHERE NOT regstage.document_file_exists(d.file_path) "
+                  "OR (pg_stat_file(current_setting('regstage.upload_dir') || '/' || d.file_path)).size <> d.size_bytes "
+                  "OR encode(sha256(pg_read_binary_file(current_setting('regstage.upload_dir') || '/' || d.file_path)), 'hex') <> d.sha256")
+    assert bad == "0", "%s documents rows without their exact file" % bad
+    for tid in failed:
+        assert staged_complete(tid), "staged data of %d lost after a failed commit" % tid
+    if sweep:
+        env.sql("SELECT * FROM regstage.cleanup_orphans('0', '0')")
+        orphans = env.sql("SELECT count(*) FROM regstage.upload_files() f "
+                          "WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = f)")
+        assert orphans == "0", "%s files without a row after cleanup_orphans('0', '0')" % orphans
+
+
+def orphan_count():
+    return int(env.sql("SELECT count(*) FROM regstage.upload_files() f "
+                       "WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = f)"))
+
+
+# ===========================================================================
+env.sql("CREATE EXTENSION IF NOT EXISTS pg_regstage")
+env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN IN ROLE regstage_bot; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+env.sql("CREATE TABLE IF NOT EXISTS public.payroll (name text, salary int)")
+redis_cli("FLUSHALL")
+
+# ---- staging ------------------------------------------------------------------
+
+
+@case("staging: Redis stopped", "stage_* and handle_update raise 08001 at once; staging works once Redis is back")
+def _():
+    tid = new_tid()
+    redis_stop()
+    try:
+        t0 = time.time()
+        out = env.sql("SELECT regstage.stage_language(%d, 'en')" % tid, check=False)
+        errors_seen.append(out)
+        assert "could not connect to Redis" in out, out
+        assert time.time() - t0 < 2, "took %.1f s" % (time.time() - t0)
+        s = env.session()
+        st = sqlstate(s.run("SELECT regstage.handle_update('%s')" % json.dumps({"update_id": tid, **text(tid, "/start")})))
+        s.close()
+        assert st == "08001", "handle_update must raise for the relay to retry (got %s)" % st
+    finally:
+        redis_start()
+    env.sql("SELECT regstage.stage_language(%d, 'en')" % tid)
+    invariants()
+
+
+@case("staging: Redis hung (SIGSTOP)", "stage_* fails with 08006 within redis_timeout; the next call after SIGCONT works")
+def _():
+    tid = new_tid()
+    redis_hang()
+    try:
+        s = env.session()
+        t0 = time.time()
+        st = sqlstate(s.run("SELECT regstage.stage_language(%d, 'en')" % tid))
+        took = time.time() - t0
+    finally:
+        redis_resume()
+    assert st == "08006", st
+    assert took < 1.5, "took %.1f s" % took
+    assert sqlstate(s.run("SELECT regstage.stage_language(%d, 'en')" % tid)) is None, "same session recovers"
+    s.close()
+    invariants()
+
+
+@case("staging: Redis restarted empty", "a half-staged user is asked from the start again; nothing in the database")
+def _():
+    tid = new_tid()
+    env.sql("SELECT regstage.stage_language(%d, 'en'), regstage.stage_user_data(%d, '{\"full_name\": \"Half Way\"}')" % (tid, tid))
+    redis_stop(keep_data=False)
+    redis_start()
+    out = json.loads(env.sql("SELECT regstage.handle_update('%s')" % json.dumps({"update_id": tid, **text(tid, "+79161234567")})))
+    assert out and "choose your language" in out[0]["params"]["text"], out
+    assert not registered(tid)
+    invariants()
+
+# ---- inside the commit, before the inserts ------------------------------------------
+
+
+@case("commit: Redis stopped", "08001, no rows, no files; staged data intact after Redis is back")
+def _():
+    tid = new_tid()
+    stage(tid)
+    redis_stop()
+    try:
+        expect_failure(tid, "08001")
+    finally:
+        redis_start()
+    assert not registered(tid) and not files_of(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: Redis hung (SIGSTOP)", "08006 within redis_timeout; staged data intact after SIGCONT")
+def _():
+    tid = new_tid()
+    stage(tid)
+    redis_hang()
+    try:
+        t0 = time.time()
+        expect_failure(tid, "08006")
+        assert time.time() - t0 < 2
+    finally:
+        redis_resume()
+    assert not registered(tid) and not files_of(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: Redis restarted empty", "nothing staged any more: 55000, no rows, no files")
+def _():
+    tid = new_tid()
+    stage(tid)
+    redis_stop(keep_data=False)
+    redis_start()
+    expect_failure(tid, "55000")
+    assert not registered(tid) and not files_of(tid)
+    invariants()
+
+
+for label, selfie, code, what in [
+        ("Bot API 5xx", "status503_AgACs", "38000", "getFile answers HTTP 503"),
+        ("Bot API ok=false", "okfalse_AgACs", "38000", "getFile answers ok=false"),
+        ("Bot API timeout", "delay5000_AgACs", "08006", "getFile takes longer than download_timeout (3 s)"),
+        ("Bot API truncated body", "trunc_AgACs", "08006", "the download closes half way"),
+        ("Bot API oversized file", "size30000000_AgACs", "54000", "getFile reports 30 MB"),
+        ("Bot API slow drip", "drip300_bytes65536_AgACs", "08006", "1 KiB every 300 ms outlasts download_timeout"),
+        ("Bot API download 404", "dlstatus404_AgACs", "38000", "the file download answers 404")]:
+    def run(selfie=selfie, code=code):
+        tid = new_tid()
+        stage(tid, selfie=selfie)
+        expect_failure(tid, code)
+        assert not registered(tid) and not files_of(tid) and not tmp_files(), "files left: %s %s" % (files_of(tid), tmp_files())
+        invariants(failed=[tid])
+    case("commit: " + label, what + " -> %s, no rows, no files, staged data kept" % code)(run)
+
+
+@case("commit: upload_dir not writable", "the seed's Permission denied: 42501 naming the directory; nothing written")
+def _():
+    tid = new_tid()
+    stage(tid)
+    os.chmod(UPLOADS, 0o550)
+    try:
+        out = expect_failure(tid, "42501")
+        assert any("Permission denied" in l and UPLOADS in l for l in out), out
+    finally:
+        os.chmod(UPLOADS, 0o750)
+    assert not registered(tid) and not files_of(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: upload_dir missing", "58P01 naming the directory; nothing written")
+def _():
+    tid = new_tid()
+    stage(tid)
+    os.rename(UPLOADS, UPLOADS + ".away")
+    try:
+        expect_failure(tid, "58P01")
+    finally:
+        os.rename(UPLOADS + ".away", UPLOADS)
+    assert not registered(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: upload_dir full", "ENOSPC while streaming (%s) -> 53100; the partial files are removed"
+      % os.environ["FAULT_SUITE_ENOSPC_MODE"])
+def _():
+    tid = new_tid()
+    stage(tid, passport="bytes200000_AgACp", selfie="bytes400000_AgACs")
+    out = expect_failure(tid, "53100", settings="SET regstage.upload_dir = '%s'; " % SMALL)
+    assert any("No space left on device" in l for l in out), out
+    left = [os.path.join(d, f) for d, _, fs in os.walk(SMALL) for f in fs]
+    assert not left, "files left on the full disk: %s" % left
+    assert not registered(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: backend terminated mid-download", "pg_terminate_backend during a download: no rows, no files (the exit aborts), staged kept")
+def _():
+    tid = new_tid()
+    stage(tid, selfie="dldelay4000_AgACs")
+    s = env.session()
+    s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
+    time.sleep(1.0)
+    assert tmp_files(), "download in progress"
+    env.sql("SELECT pg_terminate_backend(%s)" % s.pid)
+    out = s.wait(timeout=20)
+    s.close()
+    assert any("terminating connection" in l for l in out), out
+    wait_for(lambda: not tmp_files() and not files_of(tid), 5, "the terminated backend's files removed")
+    assert not registered(tid)
+    invariants(failed=[tid])
+
+
+@case("commit: backend killed mid-download (crash)", "SIGKILL -> crash recovery; no rows; cleanup sweeps the partial files")
+def _():
+    tid = new_tid()
+    stage(tid, selfie="dldelay4000_AgACs")
+    s = env.session()
+    s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
+    time.sleep(1.0)
+    assert tmp_files(), "download in progress"
+    os.kill(int(s.pid), signal.SIGKILL)
+    s.wait(timeout=20)
+    s.close()
+    env.wait_pg()
+    assert not registered(tid)
+    assert tmp_files(), "a killed backend leaves its partial files (nothing could run)"
+    invariants(failed=[tid])     # cleanup_orphans('0', '0') sweeps them
+    assert not tmp_files()
+
+# ---- after the inserts, before COMMIT ----------------------------------------------------
+
+
+@case("after inserts: backend terminated", "BEGIN; commit_registration(); pg_terminate_backend -> rolled back, files removed, staged kept")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid)) is None
+    assert len(files_of(tid)) == 2
+    env.sql("SELECT pg_terminate_backend(%s)" % s.pid)
+    s.wait(s.send("SELECT 1"), timeout=10)
+    s.close()
+    wait_for(lambda: not files_of(tid), 5, "files removed by the abort")
+    assert not registered(tid)
+    invariants(failed=[tid])
+
+
+@case("after inserts: backend killed (crash)", "SIGKILL before COMMIT -> no rows after recovery; cleanup sweeps the files")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid)) is None
+    os.kill(int(s.pid), signal.SIGKILL)
+    s.close()
+    env.wait_pg()
+    assert not registered(tid)
+    assert len(files_of(tid)) == 2, "the killed backend could not remove its files"
+    invariants(failed=[tid])
+    assert not files_of(tid)
+
+
+@case("after inserts: later statement fails", "an error after commit_registration in the same transaction -> files removed")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    out = s.run("BEGIN; SELECT regstage.commit_registration(%d); SELECT 1/0; COMMIT" % tid)
+    s.close()
+    assert sqlstate(out) == "22012", out
+    assert not registered(tid) and not files_of(tid)
+    invariants(failed=[tid])
+
+
+@case("at COMMIT: Redis stopped", "COMMIT succeeds with a WARNING; the stale staging is cleared by the next /start")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid)) is None
+    redis_stop()
+    try:
+        out = s.run("COMMIT")
+    finally:
+        redis_start()
+    s.close()
+    assert any("could not be cleared from Redis" in l for l in out), out
+    assert registered(tid)
+    assert staged_complete(tid), "stale staging survived (Redis was down)"
+    reply = json.loads(env.sql("SELECT regstage.handle_update('%s')" % json.dumps({"update_id": tid, **text(tid, "/start")})))
+    assert "registered" in reply[0]["params"]["text"], reply
+    assert env.sql("SELECT regstage.staged(%d) IS NULL" % tid) == "t"
+    invariants()
+
+
+@case("at COMMIT: Redis hung", "COMMIT returns within ~1 s with a WARNING; commit_registration again -> 23505 and clears")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid)) is None
+    redis_hang()
+    try:
+        t0 = time.time()
+        out = s.run("COMMIT")
+        took = time.time() - t0
+    finally:
+        redis_resume()
+    s.close()
+    assert took < 2, "COMMIT took %.1f s" % took
+    assert registered(tid)
+    st, out = commit(tid)
+    assert st == "23505", out
+    assert env.sql("SELECT regstage.staged(%d) IS NULL" % tid) == "t"
+    invariants()
+
+# ---- after COMMIT, before the Redis clear --------------------------------------------------
+
+
+@case("after COMMIT: backend killed before the Redis clear", "the commit is durable; staging left over (if the DEL never reached Redis) is cleared by /start")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid)) is None
+    redis_hang()                             # the post-commit DEL now waits on Redis ...
+    try:
+        s.send("COMMIT")
+        time.sleep(0.3)                      # ... after the commit record is written
+        os.kill(int(s.pid), signal.SIGKILL)
+        s.close()
+    finally:
+        redis_resume()
+    env.wait_pg()
+    assert registered(tid), "the commit was durable before the kill"
+    # the DEL may still reach Redis from the dead socket's buffer; either way /start leaves nothing behind
+    json.loads(env.sql("SELECT regstage.handle_update('%s')" % json.dumps({"update_id": tid, **text(tid, "/start")})))
+    assert env.sql("SELECT regstage.staged(%d) IS NULL" % tid) == "t"
+    invariants()
+
+# ---- the relay ------------------------------------------------------------------------
+
+
+def relay_replies_ok(tids):
+    """No update applied twice: each step of a registration has its own reply text."""
+    for t in tids:
+        texts = [c["params"]["text"] for c in env.calls(t, "sendMessage")]
+        assert len(texts) == len(set(texts)), "a reply sent twice for %d: %s" % (t, texts)
+
+
+@case("relay: PostgreSQL restarted mid-stream", "10 registrations while the cluster restarts: all registered, each update applied once")
+def _():
+    relay = Relay(env)
+    try:
+        tids = [new_tid() for _ in range(10)]
+        ups = [u for t in tids for u in registration(t)]
+        ids = env.inject(ups)["update_ids"]
+        time.sleep(0.3)
+        env.pg_ctl("restart", "-m", "fast")
+        wait_for(lambda: all(registered(t) for t in tids), 60, "10 registrations")
+        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
+                                 % (min(ids), max(ids))) == str(len(ids)), 20, "every update applied")
+        relay_replies_ok(tids)
+    finally:
+        assert relay.stop() == 0
+    invariants()
+
+
+@case("relay: SIGKILL mid-stream", "20 registrations, relay killed and restarted: all registered, no update applied twice")
+def _():
+    env.http("/_test/fault", {"method": "sendMessage", "delay_ms": 20, "times": 60})
+    relay = Relay(env)
+    tids = [new_tid() for _ in range(20)]
+    ids = env.inject([u for t in tids for u in registration(t)])["update_ids"]
+    wait_for(lambda: int(env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id >= %d" % min(ids))) >= 20,
+             20, "progress")
+    relay.stop(signal.SIGKILL)
+    relay = Relay(env)
+    try:
+        wait_for(lambda: all(registered(t) for t in tids), 60, "20 registrations")
+        assert env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
+                       % (min(ids), max(ids))) == str(len(ids))
+        relay_replies_ok(tids)
+    finally:
+        relay.stop()
+    invariants()
+
+# ---- security ---------------------------------------------------------------------------
+
+
+@case("security: privileges", "the relay's role cannot read users, documents or other tables, nor the secrets")
+def _():
+    for q in ["SELECT count(*) FROM regstage.users", "SELECT count(*) FROM regstage.documents",
+              "SELECT count(*) FROM public.payroll", "SHOW regstage.bot_token", "SHOW regstage.redis_password",
+              "SELECT * FROM regstage.cleanup_orphans()", "SET regstage.upload_dir = '/tmp'",
+              "SELECT count(*) FROM pg_settings WHERE name = 'regstage.bot_token' AND setting <> ''"]:
+        out = env.sql(q, user="relay_bot", check=False)
+        assert out.startswith("ERROR") or out == "0", "%s -> %s" % (q, out)
+    assert env.sql("SELECT regstage.missing(1)", user="relay_bot") != ""
+    assert env.sql("SELECT regstage.handle_update('{\"update_id\": 7}')", user="relay_bot") == "[]"
+    out = env.sql("SELECT regstage.staged(1)", user="postgres")
+    assert env.sql("SELECT has_schema_privilege('public', 'regstage', 'USAGE')") == "f"
+
+
+@case("security: hostile file_ids and file_paths", "../, absolute, control characters never reach the file system")
+def _():
+    before = set(os.listdir(env.dir))
+    for fid in ["../../etc/passwd", "/etc/passwd", "a\nb", "a b", "x" * 300]:
+        out = env.sql("SELECT regstage.stage_document(1, 'passport', %s)" % ("$q$" + fid + "$q$"), check=False)
+        assert out.startswith("ERROR") and "invalid file_id" in out, out
+    tid = new_tid()
+    stage(tid)
+    redis_cli("HSET", "registration:%d:documents" % tid, "passport", "../../../tmp/evil")   # another client's garbage
+    expect_failure(tid, "22023")
+    for bad in ("badpath_AgACp", "abspath_AgACp", "ctlpath_AgACp"):
+        tid = new_tid()
+        stage(tid, passport=bad)
+        out = expect_failure(tid, "38000")
+        assert any("getFile for passport" in l for l in out), out     # refused before any download
+    assert set(os.listdir(env.dir)) == before, "new entries beside upload_dir: %s" % (set(os.listdir(env.dir)) - before)
+    assert not os.path.exists("/tmp/evil")
+    invariants()
+
+
+@case("security: handle_update fuzzed 10,000 times", "random and mutated real-shaped updates: no crash, no error, no partial registration")
+def _():
+    rnd = random.Random(20261126)
+    base = [text(1, "/start"), callback(1, "lang:en"), text(1, "Иван Петров"), text(1, "+79161234567"),
+            message(1, {"contact": {"phone_number": "+79160000000", "user_id": 1}}),
+            message(1, {"photo": [{"file_id": "AgACfz", "width": 1, "height": 1, "file_size": 1}]}),
+            message(1, {"document": {"file_id": "AgACfzdoc", "mime_type": "image/png"}}),
+            message(1, {"sticker": {"file_id": "x"}}), {"edited_message": {"chat": {"id": 1}}}]
+    junk = [None, True, 0, -1, 1.5, 10 ** 20, "", "💥" * 50, "'; DROP TABLE regstage.users; --", "\u202eRTL",
+            [], {}, [1, {"a": None}], "x" * 5000, "/start", "lang:ru", "continue", "restart"]
+
+    def mutate(v, depth=0):
+        if isinstance(v, dict):
+            v = dict(v)
+            for k in list(v):
+                r = rnd.random()
+                if r < 0.1:
+                    del v[k]
+                elif r < 0.25:
+                    v[k] = rnd.choice(junk)
+                else:
+                    v[k] = mutate(v[k], depth + 1)
+            if rnd.random() < 0.1:
+                v[rnd.choice(["text", "photo", "contact", "from", "chat", "data", "message"])] = rnd.choice(junk)
+            return v
+        if isinstance(v, list):
+            return [mutate(x, depth + 1) for x in v if rnd.random() > 0.1]
+        return rnd.choice(junk) if rnd.random() < 0.15 else v
+
+    log_offset = os.path.getsize(env.pg_log)
+    lines = []
+    for i in range(10000):
+        u = mutate(rnd.choice(base))
+        if isinstance(u, dict):
+            tid = 60000 + rnd.randrange(50)
+            for k in ("message", "callback_query"):
+                if isinstance(u.get(k), dict):
+                    if isinstance(u[k].get("from"), dict) and rnd.random() < 0.8:
+                        u[k]["from"]["id"] = tid
+                    if isinstance(u[k].get("chat"), dict) and rnd.random() < 0.8:
+                        u[k]["chat"]["id"] = tid
+            if rnd.random() < 0.95:
+                u["update_id"] = 5000000 + i
+        lines.append("SELECT 1 FROM regstage.handle_update($fz$%s$fz$::jsonb);" % json.dumps(u).replace("$fz$", ""))
+    path = os.path.join(env.dir, "fuzz-updates.sql")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out = subprocess.run(["psql", "-h", env.sock, "-p", env.pg_port, "-U", "relay_bot", "-d", "postgres", "-XAtq",
+                          "-f", path], capture_output=True, text=True, timeout=600)
+    errs = [l for l in out.stderr.splitlines() if "ERROR" in l or "FATAL" in l or "server closed" in l]
+    assert not errs, "handle_update raised: %s" % errs[:3]
+    assert out.stdout.count("1") >= 10000, "every call answered"
+    with open(env.pg_log) as f:
+        f.seek(log_offset)
+        assert "terminated by signal" not in f.read(), "a backend crashed"
+    invariants()
+
+
+@case("security: libFuzzer on the relay's Bot API parsing", "20 s of coverage-guided inputs: no crash, no leak, token always redacted")
+def _():
+    corpus = os.path.join(env.dir, "fuzz-corpus")
+    os.makedirs(corpus, exist_ok=True)
+    src = os.path.join(os.environ["FAULT_SUITE_SRC"], "test", "fuzz", "corpus")
+    for f in os.listdir(src):
+        with open(os.path.join(src, f), "rb") as a, open(os.path.join(corpus, f), "wb") as b:
+            b.write(a.read())
+    out = subprocess.run([os.path.join(env.dir, "bin", "fuzz_relay_parse"), "-max_total_time=20", "-rss_limit_mb=512",
+                          "-artifact_prefix=%s/" % env.dir, corpus], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    runs = [l for l in out.stderr.splitlines() if l.startswith("Done ")]
+    assert runs, out.stderr[-500:]
+
+# ---- load ---------------------------------------------------------------------------
+
+
+@case("load: 200 users register at once", "through relay + stand-in: 200 users, 400 documents, 0 Redis keys, 0 orphan files")
+def _():
+    env.sql("TRUNCATE regstage.users CASCADE")
+    redis_cli("FLUSHALL")
+    env.sql("SELECT * FROM regstage.cleanup_orphans('0', '0')")
+    relay = Relay(env, workers=8)
+    try:
+        tids = list(range(70001, 70201))
+        env.inject([u for t in tids for u in registration(t)])
+        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.users") == "200", 240, "200 registrations")
+    finally:
+        relay.stop()
+    assert env.sql("SELECT count(*) FROM regstage.documents") == "400"
+    assert redis_cli("DBSIZE") == "0", "Redis keys left: %s" % redis_cli("DBSIZE")
+    assert orphan_count() == 0, "orphan files"
+    invariants()
+
+
+@case("load: memory flat over 10,000 commits", "backend RssAnon after 500 and after 10,000 commits; relay RssAnon over 10,000 updates")
+def _():
+    n, clients = 10000, 4
+    first = 100001
+    pipe = []
+    for t in range(first, first + n):
+        k = "registration:%d:" % t
+        pipe.append("SET %slanguage en EX 86400" % k)
+        pipe.append("HSET %sdata full_name Load phone +79160000000" % k)
+        pipe.append("HSET %sdocuments passport AgACloadp selfie AgACloads" % k)
+    subprocess.run(["redis-cli", "-p", REDIS_PORT], input="\n".join(pipe) + "\n", text=True, capture_output=True, check=True)
+    sessions = [env.session() for _ in range(clients)]
+    per = n // clients
+
+    def loop(s, a, b):
+        return s.send("DO $$ BEGIN FOR t IN %d..%d LOOP PERFORM regstage.commit_registration(t); COMMIT; END LOOP; END $$" % (a, b))
+
+    def rss(pid):
+        for line in open("/proc/%s/status" % pid):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+
+    for i, s in enumerate(sessions):          # warm-up: the first 500 commits
+        s.wait(loop(s, first + i * per, first + i * per + 124))
+    start = [rss(s.pid) for s in sessions]
+    for i, s in enumerate(sessions):
+        loop(s, first + i * per + 125, first + (i + 1) * per - 1)
+    for s in sessions:
+        out = s.wait(timeout=600)
+        assert sqlstate(out) is None, out[:3]
+    end = [rss(s.pid) for s in sessions]
+    for s in sessions:
+        s.close()
+    assert env.sql("SELECT count(*) FROM regstage.users WHERE telegram_id >= %d" % first) == str(n)
+    growth = max(e - s for s, e in zip(start, end))
+    print("    backend RssAnon (kB) after 500 commits: %s, after 10,000: %s" % (start, end))
+    assert growth < 2048, "a backend grew by %d kB" % growth
+
+    relay = Relay(env, extra_env={"RELAY_LOG_LEVEL": "error"})
+    try:
+        tids = list(range(80001, 80101))
+        env.sql("SELECT regstage.stage_language(t, 'en') FROM generate_series(80001, 80100) t")
+        env.http("/_test/reset", {})
+        env.inject([text(tids[i % 100], "Ivan Petrov") for i in range(1000)])
+        wait_for(lambda: len(env.calls()) >= 1000, 60, "1,000 updates")
+        r0 = relay.rss_kb()
+        for k in range(9):
+            env.inject([text(tids[i % 100], "Ivan Petrov") for i in range(1000)])
+        wait_for(lambda: len(env.calls()) >= 10000, 120, "10,000 updates")
+        r1 = relay.rss_kb()
+    finally:
+        relay.stop()
+    print("    relay RssAnon (kB) after 1,000 updates: %d, after 10,000: %d" % (r0, r1))
+    assert r1 - r0 < 1024, "the relay grew by %d kB" % (r1 - r0)
+    invariants()
+
+
+@case("security: the token is nowhere", "PostgreSQL log, relay log, stand-in log, every error text of this suite")
+def _():
+    assert errors_seen, "errors were collected"
+    for name, content in [("postgres.log", open(env.pg_log).read()),
+                          ("relay.log", open(env.relay_log).read() if os.path.exists(env.relay_log) else ""),
+                          ("standin.log", open(os.path.join(env.dir, "standin", "standin.log")).read()),
+                          ("error texts", "\n".join(errors_seen))]:
+        assert env.token not in content, "the token appears in %s" % name
+        assert env.token.split(":")[1] not in content, "the token's secret part appears in %s" % name
+
+
+sys.exit(report.finish())

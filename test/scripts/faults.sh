@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The fault, security and load suite: its own PostgreSQL cluster (crashed
+# and restarted on purpose), its own Redis (stopped, hung, emptied), its own
+# Bot API stand-in, the relay, a small tmpfs as a full disk.
+# Called by scripts/test.sh (REGSTAGE_TEST_DIR exported).
+set -Eeuo pipefail
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+. "$SRC/scripts/lib.sh"
+
+W=$REGSTAGE_TEST_DIR/faults
+PG_PORT=55436 REDIS_PORT=56382 API_PORT=58082
+SMALL=$W/small
+cleanup() {
+	local -
+	set +e
+	[ -f "$W/redis/redis.pid" ] && kill -CONT "$(cat "$W/redis/redis.pid")" 2>/dev/null
+	pkill -f "$W/bin/fuzz_relay_parse" 2>/dev/null
+	stop_pidfile "$W/relay.pid"
+	stop_pidfile "$W/standin/standin.pid"
+	stop_pidfile "$W/redis/redis.pid"
+	stop_postgres "$W"
+	mountpoint -q "$SMALL" && umount "$SMALL"
+}
+trap cleanup EXIT
+rm -rf "$W"; mkdir -p "$W/bin"; chmod 0755 "$W"
+TOKEN=$(new_token)
+server_owned_dir 0750 "$W/uploads"
+server_owned_dir 0750 "$SMALL"
+
+# A full disk: a 512 KiB tmpfs; without the right to mount one, a preloaded
+# shim fails writes under it with ENOSPC instead (test/faults/enospc_shim.c).
+ENOSPC_MODE=tmpfs
+if [ "${REGSTAGE_FAULTS_ENOSPC:-}" = shim ] || ! mount -t tmpfs -o size=512k,mode=0750 tmpfs "$SMALL" 2>/dev/null; then
+	ENOSPC_MODE=shim
+	gcc -shared -fPIC -O2 -o "$W/bin/enospc_shim.so" "$SRC/test/faults/enospc_shim.c" -ldl
+	export LD_PRELOAD=$W/bin/enospc_shim.so REGSTAGE_ENOSPC_DIR=$SMALL
+fi
+[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$SMALL"
+
+start_postgres "$W" $PG_PORT "
+shared_preload_libraries = 'pg_regstage'
+fsync = off
+restart_after_crash = on
+regstage.redis_port = $REDIS_PORT
+regstage.redis_timeout = '500ms'
+regstage.telegram_api_url = 'http://127.0.0.1:$API_PORT'
+regstage.bot_token = '$TOKEN'
+regstage.upload_dir = '$W/uploads'
+regstage.download_timeout = '3s'
+regstage.cleanup_interval = 0
+"
+unset LD_PRELOAD
+start_redis "$W" $REDIS_PORT
+start_standin "$W" $API_PORT "$TOKEN" "$SRC"
+
+# the libFuzzer target (clang + libclang-rt-14-dev)
+clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$SRC/relay" -I"$($PG_CONFIG --includedir)" \
+	"$SRC/test/fuzz/fuzz_relay_parse.c" "$SRC/relay/telegram.c" "$SRC/relay/dispatch.c" "$SRC/relay/log.c" \
+	-lcurl -ljansson -lpq -lpthread -o "$W/bin/fuzz_relay_parse"
+
+export FAULT_SUITE_DIR=$W FAULT_SUITE_PG_PORT=$PG_PORT FAULT_SUITE_API_PORT=$API_PORT FAULT_SUITE_TOKEN=$TOKEN
+export FAULT_SUITE_BIN=$SRC/relay/regstage-relay FAULT_SUITE_REDIS_PORT=$REDIS_PORT FAULT_SUITE_SMALL=$SMALL
+export FAULT_SUITE_ENOSPC_MODE=$ENOSPC_MODE FAULT_SUITE_SRC=$SRC PG_BIN
+python3 "$SRC/test/faults/fault_suite.py"
