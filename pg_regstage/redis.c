@@ -389,6 +389,11 @@ redis_roundtrip(RedisCommand *cmds, int ncmds)
 	{
 		RedisValue *r = replies[i];
 
+		if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOAUTH", 6) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("Redis at %s refused %s: %s", redis_address(), cmds[i].argv[0], r->str),
+					 errhint("Set regstage.redis_password to the password Redis requires.")));
 		if (r->type == REDIS_REPLY_ERROR)
 			ereport(ERROR,
 					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),

@@ -23,6 +23,7 @@ cleanup() {
 	local -
 	set +e
 	[ -n "${CRON_PID:-}" ] && kill "$CRON_PID" 2>/dev/null
+	stop_pidfile "$W/fixtures/work/redis-auth/redis.pid"	# the AUTH test's own Redis, if a test died
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"

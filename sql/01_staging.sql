@@ -121,6 +121,25 @@ SELECT clock_timestamp() - :'t0' < interval '2 seconds' AS within_timeout;
 RESET regstage.redis_port;
 RESET regstage.redis_timeout;
 SELECT regstage.staged(5005)->>'language' AS back_again;
+-- AUTH, SELECT and a unix socket: a second Redis that wants a password
+SELECT current_setting('regstage_test.fixtures') || '/work/redis-auth' AS authdir \gset
+SELECT * FROM regstage_test.sh(format('rm -rf %1$s && mkdir -p %1$s && redis-server --port 56397 --bind 127.0.0.1 --requirepass s3cret --unixsocket %1$s/redis.sock --unixsocketperm 700 --save "" --daemonize yes --pidfile %1$s/redis.pid --dir %1$s --logfile %1$s/redis.log && sleep 0.3', :'authdir'));
+SET regstage.redis_port = 56397;
+SELECT regstage_test.try($$SELECT regstage.stage_language(6006, 'en')$$);
+SET regstage.redis_password = 'wrong';
+SELECT regstage_test.try($$SELECT regstage.stage_language(6006, 'en')$$);
+SET regstage.redis_password = 's3cret';
+SET regstage.redis_db = 3;
+SELECT regstage.stage_language(6006, 'ru');
+SELECT * FROM regstage_test.sh('redis-cli -p 56397 -a s3cret --no-auth-warning -n 3 GET registration:6006:language');
+SELECT * FROM regstage_test.sh('redis-cli -p 56397 -a s3cret --no-auth-warning -n 0 EXISTS registration:6006:language');
+SELECT set_config('regstage.redis_host', :'authdir' || '/redis.sock', false) IS NOT NULL AS via_socket;
+SELECT regstage.staged(6006)->>'language' AS read_over_the_socket;
+SELECT * FROM regstage_test.sh(format('redis-cli -p 56397 -a s3cret --no-auth-warning shutdown nosave; rm -rf %s', :'authdir'));
+RESET regstage.redis_host;
+RESET regstage.redis_port;
+RESET regstage.redis_password;
+RESET regstage.redis_db;
 -- a unix socket path that does not exist
 SET regstage.redis_host = '/nonexistent/redis.sock';
 SELECT regstage_test.try($$SELECT regstage.staged(1001)$$);

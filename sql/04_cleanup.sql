@@ -43,6 +43,13 @@ SELECT regstage_test.try($$SELECT regstage.cleanup_orphans('-1 hour')$$);
 SELECT regstage_test.try($$SELECT regstage.cleanup_orphans(NULL)$$);
 SELECT * FROM regstage_test.sh(format('chmod 755 %s/locked', :'dir'));
 
+-- A long scan can be cancelled at any point (statement_timeout here)
+SELECT * FROM regstage_test.sh(format('mkdir -p %s/many && cd %s/many && seq 1 20000 | sed "s/$/.jpg/" | xargs touch', :'dir', :'dir'));
+SET statement_timeout = '20ms';
+SELECT * FROM regstage.cleanup_orphans('1000 days', '1000 days');
+RESET statement_timeout;
+SELECT * FROM regstage_test.sh(format('rm -rf %s/many', :'dir'));
+
 -- Migration: users stuck in PENDING without documents (the old architecture)
 INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES
 	(6101, 'Stuck One', '+79160006101', 'ru'), (6102, 'Stuck Two', '+79160006102', 'en');

@@ -313,6 +313,25 @@ def _():
     invariants(failed=[tid])
 
 
+@case("commit: cancelled mid-download", "pg_cancel_backend during a download -> 57014 within 0.5 s, no rows, no files, staged kept")
+def _():
+    tid = new_tid()
+    stage(tid, selfie="dldelay4000_AgACs")
+    s = env.session()
+    n = s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
+    time.sleep(1.0)
+    assert tmp_files(), "download in progress"
+    t0 = time.time()
+    env.sql("SELECT pg_cancel_backend(%s)" % s.pid)
+    out = s.wait(n, timeout=20)
+    took = time.time() - t0
+    s.close()
+    assert sqlstate(out) == "57014", out
+    assert took < 0.5, "cancel took %.2f s" % took
+    assert not registered(tid) and not files_of(tid) and not tmp_files()
+    invariants(failed=[tid])
+
+
 @case("commit: backend killed mid-download (crash)", "SIGKILL -> crash recovery; no rows; cleanup sweeps the partial files")
 def _():
     tid = new_tid()
@@ -672,6 +691,30 @@ def _():
         relay.stop()
     print("    relay RssAnon (kB) after 1,000 updates: %d, after 10,000: %d" % (r0, r1))
     assert r1 - r0 < 1024, "the relay grew by %d kB" % (r1 - r0)
+    invariants()
+
+
+@case("logging: the seed's events", "download started/finished with size, documents saved, committed with user id, Redis cleared; no name or phone")
+def _():
+    tid = new_tid()
+    offset = os.path.getsize(env.pg_log)
+    env.sql("SELECT regstage.stage_language(%d, 'en'), regstage.stage_user_data(%d, "
+            "'{\"full_name\": \"Zinaida Logcheck\", \"phone\": \"+79165550101\"}'), "
+            "regstage.stage_document(%d, 'passport', 'bytes3000_AgACp'), regstage.stage_document(%d, 'selfie', 'AgACs')"
+            % (tid, tid, tid, tid))
+    assert commit(tid)[0] is None
+    uid = env.sql("SELECT id FROM regstage.users WHERE telegram_id = %d" % tid)
+    time.sleep(0.3)
+    with open(env.pg_log) as f:
+        f.seek(offset)
+        log = f.read()
+    for line in ["telegram_id %d: download of passport started" % tid,
+                 "telegram_id %d: downloaded passport, 3000 bytes" % tid,
+                 "telegram_id %d: 2 documents saved for user id %s" % (tid, uid),
+                 "telegram_id %d: registration committed, user id %s" % (tid, uid),
+                 "telegram_id %d: staged data cleared from Redis" % tid]:
+        assert line in log, "missing log line: %s" % line
+    assert "Zinaida" not in log and "5550101" not in log, "a name or phone in the log"
     invariants()
 
 

@@ -85,6 +85,19 @@ def _():
     assert counts.count(0) <= 4, "%d replies lost (at most one per worker may die with the relay)" % counts.count(0)
 
 
+@case("poison update skipped", "handle_update failing (not an outage) is retried RELAY_MAX_ATTEMPTS=3 times, logged, skipped; the chat goes on")
+def _():
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.handle_update(jsonb) FROM regstage_bot")
+    try:
+        uid = env.inject([text(30008, "/start")])["update_ids"][0]
+        wait_for(lambda: "update %d: skipped after 3 failed attempts" % uid in open(env.relay_log).read(), 20, "skip")
+    finally:
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.handle_update(jsonb) TO regstage_bot")
+    env.inject([text(30008, "/start")])
+    wait_for(lambda: env.calls(30008), 10, "the next update of the same chat is served")
+    assert len(env.calls(30008)) == 1
+
+
 @case("PostgreSQL restart", "updates sent while the database restarts are held and applied after")
 def _():
     env.pg_ctl("stop", "-m", "fast")
