@@ -4,14 +4,14 @@
 #   bash bench/run.sh [commit|cleanup|conversation|relay|all]   (default all)
 #
 # Servers live under $REGSTAGE_BENCH_DIR (default /tmp/regstage-bench):
-# PostgreSQL 55440 (fsync on: the floor and the commit both pay it), Redis
-# 56390, the Bot API stand-in 58090.  Every server is stopped by pid at exit.
+# PostgreSQL 25440 (fsync on: the floor and the commit both pay it), Redis
+# 26390, the Bot API stand-in 28090.  Every server is stopped by pid at exit.
 set -Eeuo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 . "$SRC/scripts/lib.sh"
 WHAT=${1:-all}
 W=${REGSTAGE_BENCH_DIR:-/tmp/regstage-bench}
-PG_PORT=55440 REDIS_PORT=56390 API_PORT=58090
+PG_PORT=25440 REDIS_PORT=26390 API_PORT=28090
 N=${BENCH_N:-600}
 
 cleanup() {

@@ -135,6 +135,10 @@ RETURNS void LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_stage_document'
 CREATE FUNCTION regstage.staged(telegram_id bigint)
 RETURNS jsonb LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_staged';
 
+-- A typed answer staged as full_name or phone, whichever is next (one round trip).
+CREATE FUNCTION regstage.stage_text_answer(telegram_id bigint, answer text, username text DEFAULT NULL)
+RETURNS jsonb LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_stage_text_answer';
+
 CREATE FUNCTION regstage.missing(telegram_id bigint)
 RETURNS text[] LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_missing';
 
@@ -454,6 +458,43 @@ BEGIN
 END
 $$;
 
+-- A typed (non-command) answer from someone not registered: one Redis round
+-- trip stages it where the conversation stands, then the reply is derived
+-- from the state that round trip returned.
+CREATE FUNCTION regstage.answer_text(tid bigint, chat_id bigint, text_in text, sender jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+	r jsonb := regstage.stage_text_answer(tid, text_in,
+		CASE WHEN jsonb_typeof(sender->'username') = 'string' THEN sender->>'username' END);
+	state jsonb := nullif(r->'state', 'null'::jsonb);
+	step text := r->>'step';
+	lang text := coalesce(state->>'language', regstage.guess_language(sender->>'language_code'));
+	missing text[] := regstage.missing_from(state);
+BEGIN
+	IF state IS NULL THEN
+		-- someone we have never seen: greet
+		RETURN jsonb_build_array(regstage.ask(chat_id, lang, 'language'));
+	ELSIF step = 'language' THEN
+		RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'expect_language'),
+													   regstage.language_keyboard()));
+	ELSIF (r->>'staged')::boolean THEN
+		RETURN regstage.after_staging(tid, chat_id, lang, missing, NULL, step = 'phone');
+	ELSIF step = 'full_name' THEN
+		RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'bad_full_name')));
+	ELSIF step = 'phone' THEN
+		RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'bad_phone')),
+								 regstage.ask(chat_id, lang, step));
+	ELSIF cardinality(missing) = 0 THEN
+		-- complete but not committed (an earlier commit failed): try again
+		RETURN regstage.finish_registration(tid, chat_id, lang, false);
+	END IF;
+	-- a document step
+	RETURN jsonb_build_array(
+		regstage.send_message(chat_id, regstage.msg(lang, CASE WHEN missing[1] = 'passport' THEN 'expect_photo' ELSE 'expect_image' END)),
+		regstage.ask(chat_id, lang, missing[1]));
+END
+$$;
+
 CREATE FUNCTION regstage.handle_message(m jsonb)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -468,7 +509,6 @@ DECLARE
 	step text;
 	file_id text;
 	phone text;
-	fields jsonb;
 BEGIN
 	SELECT status, language INTO reg FROM regstage.users WHERE telegram_id = tid;
 	IF FOUND THEN
@@ -481,6 +521,10 @@ BEGIN
 
 	staged := regstage.staged(tid);
 	lang := coalesce(staged->>'language', regstage.guess_language(m->'from'->>'language_code'));
+
+	IF text_in IS NOT NULL AND text_in NOT LIKE '/%' THEN
+		RETURN regstage.answer_text(tid, chat_id, text_in, m->'from');
+	END IF;
 
 	IF command = '/cancel' THEN
 		IF regstage.clear_registration(tid) THEN
@@ -514,22 +558,12 @@ BEGIN
 		RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'expect_language'),
 													   regstage.language_keyboard()));
 	ELSIF step = 'full_name' THEN
+		-- typed text never gets here (answer_text); a command or a non-text does
 		IF text_in IS NULL THEN
 			RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'expect_text')),
 									 regstage.ask(chat_id, lang, step));
-		ELSIF text_in LIKE '/%' THEN
-			RETURN jsonb_build_array(regstage.ask(chat_id, lang, step));
 		END IF;
-		fields := jsonb_build_object('full_name', text_in);
-		IF m->'from'->>'username' ~ '^[A-Za-z0-9_]{1,64}$' THEN
-			fields := fields || jsonb_build_object('username', m->'from'->>'username');
-		END IF;
-		BEGIN
-			PERFORM regstage.stage_user_data(tid, fields);
-		EXCEPTION WHEN invalid_parameter_value THEN
-			RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'bad_full_name')));
-		END;
-		RETURN regstage.after_staging(tid, chat_id, lang, missing, step);
+		RETURN jsonb_build_array(regstage.ask(chat_id, lang, step));
 	ELSIF step = 'phone' THEN
 		IF jsonb_typeof(m->'contact') = 'object' THEN
 			IF (m->'contact'->>'user_id') IS DISTINCT FROM tid::text THEN
@@ -537,8 +571,6 @@ BEGIN
 										 regstage.ask(chat_id, lang, step));
 			END IF;
 			phone := regstage.normalize_phone(coalesce(m->'contact'->>'phone_number', ''));
-		ELSIF text_in IS NOT NULL AND text_in NOT LIKE '/%' THEN
-			phone := regstage.normalize_phone(left(text_in, 64));
 		ELSIF text_in IS NULL THEN
 			RETURN jsonb_build_array(regstage.send_message(chat_id, regstage.msg(lang, 'expect_text')),
 									 regstage.ask(chat_id, lang, step));
@@ -638,5 +670,6 @@ GRANT EXECUTE ON FUNCTION
 	regstage.normalize_phone(text),
 	regstage.commit_registration(bigint),
 	regstage.handle_update(jsonb),
-	regstage.missing_from(jsonb)
+	regstage.missing_from(jsonb),
+	regstage.stage_text_answer(bigint, text, text)
 	TO regstage_bot;

@@ -535,6 +535,36 @@ hash_to_fields(RedisValue *v)
 }
 
 /*
+ * Fill a StagedRegistration from six replies: language, data HGETALL,
+ * documents HGETALL, and the three TTLs.
+ */
+static StagedRegistration *
+staged_from_replies(RedisValue **r, const char *language_key)
+{
+	StagedRegistration *s = palloc0(sizeof(StagedRegistration));
+
+	if (r[0]->type == REDIS_REPLY_STRING)
+		s->language = r[0]->str;
+	else if (r[0]->type != REDIS_REPLY_NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Redis key \"%s\" does not hold a string", language_key)));
+	s->data = hash_to_fields(r[1]);
+	s->documents = hash_to_fields(r[2]);
+	s->exists = (s->language != NULL || s->data != NIL || s->documents != NIL);
+	s->ttl_s = -1;
+	for (int k = 0; k < 3; k++)
+	{
+		long long	ttl = r[3 + k]->integer;
+
+		/* -2: key absent; -1: key without TTL (written by another client) */
+		if (ttl >= 0 && (s->ttl_s < 0 || ttl < s->ttl_s))
+			s->ttl_s = ttl;
+	}
+	return s;
+}
+
+/*
  * Read language, data, documents and their TTLs atomically (MULTI/EXEC),
  * in one round trip.
  */
@@ -545,7 +575,6 @@ redis_fetch_staged(int64 telegram_id)
 	RedisCommand cmds[8];
 	RedisValue **replies;
 	RedisValue *exec;
-	StagedRegistration *s = palloc0(sizeof(StagedRegistration));
 	int			n = 0;
 
 	all_keys(keys, telegram_id);
@@ -575,27 +604,66 @@ redis_fetch_staged(int64 telegram_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("Redis at %s answered EXEC with an unexpected reply", redis_address())));
+	return staged_from_replies(exec->elem, keys[0]);
+}
 
-	if (exec->elem[0]->type == REDIS_REPLY_STRING)
-		s->language = exec->elem[0]->str;
-	else if (exec->elem[0]->type != REDIS_REPLY_NIL)
+/*
+ * A typed answer, staged where the conversation stands, in one round trip:
+ * the script finds the first missing text item (full_name, then phone) and
+ * stores the matching candidate there, or nothing; it returns the step it
+ * found, whether it wrote, and the staged state afterwards.  Candidates are
+ * validated by the caller; NULL means "not acceptable as that item".
+ */
+static const char *const stage_text_script =
+"local lang = redis.call('GET', KEYS[1])\n"
+"local step = 'document'\n"
+"if not lang then step = 'language'\n"
+"elseif redis.call('HEXISTS', KEYS[2], 'full_name') == 0 then step = 'full_name'\n"
+"elseif redis.call('HEXISTS', KEYS[2], 'phone') == 0 then step = 'phone' end\n"
+"local wrote = 0\n"
+"if step == 'full_name' and ARGV[2] ~= '' then\n"
+"  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'full_name', ARGV[2], 'username', ARGV[4])\n"
+"  else redis.call('HSET', KEYS[2], 'full_name', ARGV[2]) end\n"
+"  wrote = 1\n"
+"elseif step == 'phone' and ARGV[3] ~= '' then\n"
+"  redis.call('HSET', KEYS[2], 'phone', ARGV[3])\n"
+"  wrote = 1\n"
+"end\n"
+"if wrote == 1 then for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end end\n"
+"return {step, wrote, lang, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),\n"
+"        redis.call('TTL', KEYS[1]), redis.call('TTL', KEYS[2]), redis.call('TTL', KEYS[3])}\n";
+
+StagedRegistration *
+redis_stage_text_answer(int64 telegram_id, const char *full_name, const char *username,
+						const char *phone, char **step, bool *wrote)
+{
+	char		keys[3][KEY_BUFSIZE];
+	char		ttlbuf[16];
+	RedisCommand eval;
+	RedisValue **replies;
+	RedisValue *r;
+
+	all_keys(keys, telegram_id);
+	snprintf(ttlbuf, sizeof(ttlbuf), "%d", regstage_ttl_s);
+	cmd_init(&eval);
+	cmd_arg(&eval, "EVAL");
+	cmd_arg(&eval, stage_text_script);
+	cmd_arg(&eval, "3");
+	for (int k = 0; k < 3; k++)
+		cmd_arg(&eval, keys[k]);
+	cmd_arg(&eval, ttlbuf);
+	cmd_arg(&eval, full_name ? full_name : "");
+	cmd_arg(&eval, phone ? phone : "");
+	cmd_arg(&eval, username ? username : "");
+	replies = redis_roundtrip(&eval, 1);
+	r = replies[0];
+	if (r->type != REDIS_REPLY_ARRAY || r->nelem != 8 || r->elem[0]->type != REDIS_REPLY_STRING)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("Redis key \"%s\" does not hold a string", keys[0])));
-	s->data = hash_to_fields(exec->elem[1]);
-	s->documents = hash_to_fields(exec->elem[2]);
-	s->exists = (s->language != NULL || s->data != NIL || s->documents != NIL);
-
-	s->ttl_s = -1;
-	for (int k = 0; k < 3; k++)
-	{
-		long long	ttl = exec->elem[3 + k]->integer;
-
-		/* -2: key absent; -1: key without TTL (written by another client) */
-		if (ttl >= 0 && (s->ttl_s < 0 || ttl < s->ttl_s))
-			s->ttl_s = ttl;
-	}
-	return s;
+				 errmsg("Redis at %s answered the staging script with an unexpected reply", redis_address())));
+	*step = r->elem[0]->str;
+	*wrote = (r->elem[1]->integer == 1);
+	return staged_from_replies(&r->elem[2], keys[0]);
 }
 
 const char *

@@ -22,6 +22,7 @@ PG_FUNCTION_INFO_V1(regstage_stage_language);
 PG_FUNCTION_INFO_V1(regstage_stage_user_data);
 PG_FUNCTION_INFO_V1(regstage_stage_document);
 PG_FUNCTION_INFO_V1(regstage_staged);
+PG_FUNCTION_INFO_V1(regstage_stage_text_answer);
 PG_FUNCTION_INFO_V1(regstage_missing);
 PG_FUNCTION_INFO_V1(regstage_missing_from);
 PG_FUNCTION_INFO_V1(regstage_extend_ttl);
@@ -164,15 +165,15 @@ append_fields_json(StringInfo buf, List *fields)
 	appendStringInfoChar(buf, '}');
 }
 
-Datum
-regstage_staged(PG_FUNCTION_ARGS)
+/* staged()'s value: {"language", "data", "documents", "ttl"}, or NULL when nothing is staged. */
+static Datum
+staged_to_jsonb(StagedRegistration *s, bool *isnull)
 {
-	int64		telegram_id = telegram_id_arg(fcinfo);
-	StagedRegistration *s = redis_fetch_staged(telegram_id);
 	StringInfoData buf;
 
+	*isnull = !s->exists;
 	if (!s->exists)
-		PG_RETURN_NULL();
+		return (Datum) 0;
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"language\": ");
 	if (s->language)
@@ -184,6 +185,55 @@ regstage_staged(PG_FUNCTION_ARGS)
 	appendStringInfoString(&buf, ", \"documents\": ");
 	append_fields_json(&buf, s->documents);
 	appendStringInfo(&buf, ", \"ttl\": " INT64_FORMAT "}", s->ttl_s);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
+Datum
+regstage_staged(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		result = staged_to_jsonb(redis_fetch_staged(telegram_id_arg(fcinfo)), &isnull);
+
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * stage_text_answer(telegram_id, answer, username): a typed answer, staged
+ * as the full name or the phone — whichever the conversation is at — in
+ * one Redis round trip.  Returns {"step": <first missing of language,
+ * full_name, phone, or "document">, "staged": <written?>, "state": <staged()
+ * afterwards>}.  An answer that is not a valid name (phone) is not written
+ * at the name (phone) step.
+ */
+Datum
+regstage_stage_text_answer(PG_FUNCTION_ARGS)
+{
+	int64		telegram_id = telegram_id_arg(fcinfo);
+	char	   *answer = text_arg(fcinfo, 1, "answer");
+	char	   *username = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *why;
+	char	   *full_name = normalize_full_name(answer, &why);
+	char	   *phone = strlen(answer) <= 64 ? normalize_phone(answer) : NULL;
+	char	   *step;
+	bool		wrote;
+	bool		isnull;
+	Datum		state;
+	StagedRegistration *s;
+	StringInfoData buf;
+
+	if (username && (username[0] == '\0' || strlen(username) > 64 ||
+					 strspn(username, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(username)))
+		username = NULL;		/* optional: an odd one is simply not kept */
+	s = redis_stage_text_answer(telegram_id, full_name, username, phone, &step, &wrote);
+	state = staged_to_jsonb(s, &isnull);
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"step\": ");
+	escape_json(&buf, step);
+	appendStringInfo(&buf, ", \"staged\": %s, \"state\": %s}", wrote ? "true" : "false",
+					 isnull ? "null" : DatumGetCString(DirectFunctionCall1(jsonb_out, state)));
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 

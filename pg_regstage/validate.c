@@ -96,10 +96,10 @@ as_utf8(const char *s)
 /*
  * 2-128 characters: letters of any script, spaces, hyphens, apostrophes and
  * dots, with at least one letter.  Returns the name with surrounding spaces
- * trimmed and inner runs of spaces collapsed.
+ * trimmed and inner runs of spaces collapsed, or NULL with *why set.
  */
 char *
-validate_full_name(const char *name)
+normalize_full_name(const char *name, char **why)
 {
 	const unsigned char *u = (const unsigned char *) as_utf8(name);
 	StringInfoData out;
@@ -110,10 +110,10 @@ validate_full_name(const char *name)
 	size_t		i = 0;
 
 	if (len > FULL_NAME_MAX_CHARS * 4)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid full_name: longer than %d characters", FULL_NAME_MAX_CHARS)));
-
+	{
+		*why = psprintf("longer than %d characters", FULL_NAME_MAX_CHARS);
+		return NULL;
+	}
 	initStringInfo(&out);
 	while (i < len)
 	{
@@ -121,9 +121,10 @@ validate_full_name(const char *name)
 		pg_wchar	c;
 
 		if (i + l > len || !pg_utf8_islegal(&u[i], l))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid full_name: not valid UTF-8")));
+		{
+			*why = pstrdup("not valid UTF-8");
+			return NULL;
+		}
 		c = utf8_to_unicode(&u[i]);
 		if (c == ' ' || c == '\t' || c == 0xA0)
 		{
@@ -132,15 +133,16 @@ validate_full_name(const char *name)
 			continue;
 		}
 		if (c < 0x20 || c == 0x7F || (c >= 0x80 && c < 0xA0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid full_name: contains a control character")));
+		{
+			*why = pstrdup("contains a control character");
+			return NULL;
+		}
 		if (!(is_letter(c) || c == '-' || c == '\'' || c == '.' ||
 			  c == 0x2019 || c == 0x02BC || c == 0x2010))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid full_name: character U+%04X is not allowed", c),
-					 errhint("A name may contain letters, spaces, hyphens, apostrophes and dots.")));
+		{
+			*why = psprintf("character U+%04X is not allowed", c);
+			return NULL;
+		}
 		if (is_letter(c))
 			any_letter = true;
 		if (pending_space)
@@ -154,12 +156,27 @@ validate_full_name(const char *name)
 		i += l;
 	}
 	if (nchars < FULL_NAME_MIN_CHARS || nchars > FULL_NAME_MAX_CHARS || !any_letter)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid full_name: must be %d to %d characters with at least one letter",
-						FULL_NAME_MIN_CHARS, FULL_NAME_MAX_CHARS)));
+	{
+		*why = psprintf("must be %d to %d characters with at least one letter",
+						FULL_NAME_MIN_CHARS, FULL_NAME_MAX_CHARS);
+		return NULL;
+	}
 	return (char *) pg_do_encoding_conversion((unsigned char *) out.data, out.len,
 											  PG_UTF8, GetDatabaseEncoding());
+}
+
+char *
+validate_full_name(const char *name)
+{
+	char	   *why = NULL;
+	char	   *normalized = normalize_full_name(name, &why);
+
+	if (normalized == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid full_name: %s", why),
+				 errhint("A name has 2 to 128 letters (of any script), spaces, hyphens, apostrophes or dots.")));
+	return normalized;
 }
 
 /*

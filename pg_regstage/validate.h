@@ -11,6 +11,7 @@
 
 extern void validate_telegram_id(bool isnull, int64 telegram_id);
 extern void validate_language(const char *language);
+extern char *normalize_full_name(const char *name, char **why);	/* NULL when invalid */
 extern char *validate_full_name(const char *name);
 extern char *normalize_phone(const char *phone);	/* NULL when implausible */
 extern char *validate_phone(const char *phone);

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 
-API = os.environ.get("REGSTAGE_STANDIN_URL", "http://127.0.0.1:58079")
+API = os.environ.get("REGSTAGE_STANDIN_URL", "http://127.0.0.1:28079")
 USER_ID = int(os.environ.get("REGSTAGE_CHAT_USER", "100001"))
 USER = {"id": USER_ID, "is_bot": False, "first_name": "Demo", "last_name": "User",
         "username": "demo_user", "language_code": os.environ.get("REGSTAGE_CHAT_LANG", "en")}

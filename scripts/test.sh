@@ -4,8 +4,8 @@
 #   bash scripts/test.sh
 #
 # Installs missing Debian packages, builds and installs pg_regstage and the
-# relay, starts a PostgreSQL cluster (port 55434), Redis (56381) and the
-# Bot API stand-in (58080) under $REGSTAGE_TEST_DIR (default
+# relay, starts a PostgreSQL cluster (port 25434), Redis (26381) and the
+# Bot API stand-in (28080) under $REGSTAGE_TEST_DIR (default
 # /tmp/regstage-test), runs pg_regress, pg_isolation_regress, the pg_cron
 # suite (in parallel: it waits for a minute boundary), the TAP suites and
 # the relay suite, then stops every server by pid — also on failure or ^C.
@@ -16,7 +16,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 . "$SRC/scripts/lib.sh"
 
 W=${REGSTAGE_TEST_DIR:-/tmp/regstage-test}
-PG_PORT=55434 REDIS_PORT=56381 API_PORT=58080
+PG_PORT=25434 REDIS_PORT=26381 API_PORT=28080
 TREE=$W/tree
 
 cleanup() {

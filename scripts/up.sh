@@ -6,14 +6,14 @@
 #
 # Installs missing Debian packages, builds and installs pg_regstage and the
 # relay, then starts under .local/ (git-ignored): a PostgreSQL cluster
-# (port 55432, database "regstage"), Redis (56379), the upload directory,
-# the relay, and — without a token — the Bot API stand-in (58079).
+# (port 25432, database "regstage"), Redis (26379), the upload directory,
+# the relay, and — without a token — the Bot API stand-in (28079).
 # Stop everything with: bash scripts/down.sh
 set -Eeuo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 . "$SRC/scripts/lib.sh"
 
-PG_PORT=${REGSTAGE_PG_PORT:-55432} REDIS_PORT=${REGSTAGE_REDIS_PORT:-56379} API_PORT=${REGSTAGE_API_PORT:-58079}
+PG_PORT=${REGSTAGE_PG_PORT:-25432} REDIS_PORT=${REGSTAGE_REDIS_PORT:-26379} API_PORT=${REGSTAGE_API_PORT:-28079}
 L=$SRC/.local
 
 if [ -f "$L/env" ]; then

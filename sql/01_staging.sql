@@ -112,8 +112,8 @@ RESET regstage.redis_timeout;
 SELECT regstage.stage_language(5005, 'en');
 SELECT regstage.staged(5005)->>'language';
 -- Redis hung (accepts, never answers): an error within regstage.redis_timeout
-SELECT * FROM regstage_test.sh('python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 56399)); s.listen(); c=s.accept(); time.sleep(5)" >/dev/null 2>&1 & sleep 0.3');
-SET regstage.redis_port = 56399;
+SELECT * FROM regstage_test.sh('python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 26399)); s.listen(); c=s.accept(); time.sleep(5)" >/dev/null 2>&1 & sleep 0.3');
+SET regstage.redis_port = 26399;
 SET regstage.redis_timeout = '300ms';
 SELECT clock_timestamp() AS t0 \gset
 SELECT regstage_test.try($$SELECT regstage.staged(1001)$$);
@@ -123,19 +123,19 @@ RESET regstage.redis_timeout;
 SELECT regstage.staged(5005)->>'language' AS back_again;
 -- AUTH, SELECT and a unix socket: a second Redis that wants a password
 SELECT current_setting('regstage_test.fixtures') || '/work/redis-auth' AS authdir \gset
-SELECT * FROM regstage_test.sh(format('rm -rf %1$s && mkdir -p %1$s && redis-server --port 56397 --bind 127.0.0.1 --requirepass s3cret --unixsocket %1$s/redis.sock --unixsocketperm 700 --save "" --daemonize yes --pidfile %1$s/redis.pid --dir %1$s --logfile %1$s/redis.log && sleep 0.3', :'authdir'));
-SET regstage.redis_port = 56397;
+SELECT * FROM regstage_test.sh(format('rm -rf %1$s && mkdir -p %1$s && redis-server --port 26397 --bind 127.0.0.1 --requirepass s3cret --unixsocket %1$s/redis.sock --unixsocketperm 700 --save "" --daemonize yes --pidfile %1$s/redis.pid --dir %1$s --logfile %1$s/redis.log && sleep 0.3', :'authdir'));
+SET regstage.redis_port = 26397;
 SELECT regstage_test.try($$SELECT regstage.stage_language(6006, 'en')$$);
 SET regstage.redis_password = 'wrong';
 SELECT regstage_test.try($$SELECT regstage.stage_language(6006, 'en')$$);
 SET regstage.redis_password = 's3cret';
 SET regstage.redis_db = 3;
 SELECT regstage.stage_language(6006, 'ru');
-SELECT * FROM regstage_test.sh('redis-cli -p 56397 -a s3cret --no-auth-warning -n 3 GET registration:6006:language');
-SELECT * FROM regstage_test.sh('redis-cli -p 56397 -a s3cret --no-auth-warning -n 0 EXISTS registration:6006:language');
+SELECT * FROM regstage_test.sh('redis-cli -p 26397 -a s3cret --no-auth-warning -n 3 GET registration:6006:language');
+SELECT * FROM regstage_test.sh('redis-cli -p 26397 -a s3cret --no-auth-warning -n 0 EXISTS registration:6006:language');
 SELECT set_config('regstage.redis_host', :'authdir' || '/redis.sock', false) IS NOT NULL AS via_socket;
 SELECT regstage.staged(6006)->>'language' AS read_over_the_socket;
-SELECT * FROM regstage_test.sh(format('redis-cli -p 56397 -a s3cret --no-auth-warning shutdown nosave; rm -rf %s', :'authdir'));
+SELECT * FROM regstage_test.sh(format('redis-cli -p 26397 -a s3cret --no-auth-warning shutdown nosave; rm -rf %s', :'authdir'));
 RESET regstage.redis_host;
 RESET regstage.redis_port;
 RESET regstage.redis_password;

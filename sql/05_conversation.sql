@@ -193,3 +193,12 @@ SELECT regstage_test.bot(regstage_test.text(110, 10010, '/start', 'en'));
 UPDATE regstage.seen_updates SET seen_at = now() - interval '3 days' WHERE update_id < 10;
 SELECT regstage.handle_update('{"update_id": 1000, "channel_post": {}}');
 SELECT count(*) AS old_ids_left FROM regstage.seen_updates WHERE update_id < 10;
+
+-- 12. stage_text_answer(): a typed answer lands where the conversation stands, in one round trip
+SELECT regstage.stage_language(10012, 'en');
+SELECT r - 'state' AS answer, r->'state'->'data' AS data FROM regstage.stage_text_answer(10012, '12345') r;
+SELECT r - 'state' AS answer, r->'state'->'data' AS data FROM regstage.stage_text_answer(10012, ' Anna  Maria ', 'anna_m') r;
+SELECT r - 'state' AS answer, r->'state'->'data' AS data FROM regstage.stage_text_answer(10012, 'not a phone') r;
+SELECT r - 'state' AS answer, r->'state'->'data' AS data FROM regstage.stage_text_answer(10012, '8 916 555 12 34', 'bad name!') r;
+SELECT r - 'state' AS answer FROM regstage.stage_text_answer(10012, 'Anything') r;
+SELECT r FROM regstage.stage_text_answer(10013, 'Nobody Yet') r;

@@ -8,7 +8,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
 
 W=$REGSTAGE_TEST_DIR/faults
-PG_PORT=55436 REDIS_PORT=56382 API_PORT=58082
+PG_PORT=25436 REDIS_PORT=26382 API_PORT=28082
 SMALL=$W/small
 cleanup() {
 	local -

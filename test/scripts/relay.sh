@@ -7,7 +7,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
 
 W=$REGSTAGE_TEST_DIR/relay
-PG_PORT=55435 API_PORT=58081
+PG_PORT=25435 API_PORT=28081
 cleanup() {
 	local -
 	set +e

@@ -304,7 +304,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--port", type=int, default=58080)
+    ap.add_argument("--port", type=int, default=28080)
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--token", required=True, help="the only token accepted")
     ap.add_argument("--pidfile")
