@@ -122,9 +122,14 @@ floor_op(PGconn *c, long long tid, const char *buf)
 					"VALUES ($1, $2, $3, $4, $5, $6)", 6, p, PGRES_COMMAND_OK);
 		}
 	}
+	/* durable names: the new directory's entries, and its own entry in upload_dir */
 	dfd = open(dir, O_RDONLY);
 	if (dfd < 0 || fsync(dfd) != 0)
 		die("fsync dir", NULL);
+	close(dfd);
+	dfd = open(upload_dir, O_RDONLY);
+	if (dfd < 0 || fsync(dfd) != 0)
+		die("fsync upload_dir", NULL);
 	close(dfd);
 	exec_ok(c, "COMMIT", 0, NULL, PGRES_COMMAND_OK);
 }

@@ -374,6 +374,15 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
 	SELECT left(sqlstate, 2) IN ('08', '53', '57', '58', '40', 'XX')
 $$;
 
+-- Not a usable photo/file at a document step: a hint, then the same question.
+CREATE FUNCTION regstage.ask_document_again(chat_id bigint, lang text, doc_type text)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+	SELECT jsonb_build_array(
+		regstage.send_message(chat_id, regstage.msg(lang,
+			CASE WHEN doc_type = 'passport' THEN 'expect_photo' ELSE 'expect_image' END)),
+		regstage.ask(chat_id, lang, doc_type))
+$$;
+
 -- Commit a complete registration in a subtransaction; the user hears the result.
 CREATE FUNCTION regstage.finish_registration(tid bigint, chat_id bigint, lang text, remove_keyboard boolean)
 RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -437,20 +446,12 @@ BEGIN
 	IF data LIKE 'lang:%' AND EXISTS (SELECT 1 FROM regstage.messages WHERE language = substr(data, 6)) THEN
 		lang := substr(data, 6);
 		PERFORM regstage.stage_language(tid, lang);
-		missing := regstage.missing(tid);
-		IF cardinality(missing) = 0 THEN
-			RETURN answer || regstage.finish_registration(tid, chat_id, lang, false);
-		END IF;
-		RETURN jsonb_build_array(answer, regstage.ask(chat_id, lang, missing[1]));
+		RETURN answer || regstage.after_staging(tid, chat_id, lang, regstage.missing(tid), NULL);
 	ELSIF data = 'restart' THEN
 		PERFORM regstage.clear_registration(tid);
 		RETURN jsonb_build_array(answer, regstage.ask(chat_id, lang, 'language'));
 	ELSIF data = 'continue' THEN
-		missing := regstage.missing(tid);
-		IF cardinality(missing) = 0 THEN
-			RETURN answer || regstage.finish_registration(tid, chat_id, lang, false);
-		END IF;
-		RETURN jsonb_build_array(answer, regstage.ask(chat_id, lang, missing[1]));
+		RETURN answer || regstage.after_staging(tid, chat_id, lang, regstage.missing(tid), NULL);
 	END IF;
 	missing := regstage.missing(tid);
 	RETURN jsonb_build_array(answer, regstage.send_message(chat_id, regstage.msg(lang, 'unknown_action')),
@@ -488,10 +489,7 @@ BEGIN
 		-- complete but not committed (an earlier commit failed): try again
 		RETURN regstage.finish_registration(tid, chat_id, lang, false);
 	END IF;
-	-- a document step
-	RETURN jsonb_build_array(
-		regstage.send_message(chat_id, regstage.msg(lang, CASE WHEN missing[1] = 'passport' THEN 'expect_photo' ELSE 'expect_image' END)),
-		regstage.ask(chat_id, lang, missing[1]));
+	RETURN regstage.ask_document_again(chat_id, lang, missing[1]);
 END
 $$;
 
@@ -593,9 +591,7 @@ BEGIN
 		END IF;
 		PERFORM regstage.stage_document(tid, step, file_id);
 	EXCEPTION WHEN invalid_parameter_value THEN
-		RETURN jsonb_build_array(
-			regstage.send_message(chat_id, regstage.msg(lang, CASE WHEN step = 'passport' THEN 'expect_photo' ELSE 'expect_image' END)),
-			regstage.ask(chat_id, lang, step));
+		RETURN regstage.ask_document_again(chat_id, lang, step);
 	END;
 	RETURN regstage.after_staging(tid, chat_id, lang, missing, step);
 END

@@ -33,6 +33,7 @@
 #include "botapi.h"
 #include "commit.h"
 #include "guc.h"
+#include "plans.h"
 #include "redis.h"
 #include "staging.h"
 #include "upload.h"
@@ -179,8 +180,11 @@ refuse_if_registered(int64 telegram_id)
 	TransactionId xmin;
 	char		errbuf[256];
 
-	if (SPI_execute_with_args("SELECT id, xmin::text::bigint FROM regstage.users WHERE telegram_id = $1",
-							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+	static SPIPlanPtr plan = NULL;
+
+	if (SPI_execute_plan(regstage_plan(&plan, "SELECT id, xmin::text::bigint FROM regstage.users WHERE telegram_id = $1",
+									   1, argtypes),
+						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up regstage.users");
 	if (SPI_processed == 0)
 		return;
@@ -228,6 +232,9 @@ refuse_if_incomplete(int64 telegram_id, StagedRegistration *s)
 	validate_language(s->language);
 }
 
+static SPIPlanPtr insert_user_plan = NULL;
+static SPIPlanPtr insert_document_plan = NULL;
+
 static int64
 insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **relpaths, int nfiles)
 {
@@ -252,9 +259,10 @@ insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **
 		user_nulls[4] = 'n';
 	user_values[5] = CStringGetTextDatum(s->language);
 
-	if (SPI_execute_with_args("INSERT INTO regstage.users (telegram_id, full_name, phone, username, email, language) "
-							  "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-							  6, user_types, user_values, user_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+	if (SPI_execute_plan(regstage_plan(&insert_user_plan,
+									   "INSERT INTO regstage.users (telegram_id, full_name, phone, username, email, language) "
+									   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id", 6, user_types),
+						 user_values, user_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into regstage.users");
 	user_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
@@ -269,10 +277,11 @@ insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **
 		doc_values[3] = CStringGetTextDatum(relpaths[i]);
 		doc_values[4] = Int64GetDatum(files[i].size);
 		doc_values[5] = CStringGetTextDatum(files[i].sha256_hex);
-		if (SPI_execute_with_args("INSERT INTO regstage.documents "
-								  "(user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256) "
-								  "VALUES ($1, $2, $3, $4, $5, $6)",
-								  6, doc_types, doc_values, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(regstage_plan(&insert_document_plan,
+										   "INSERT INTO regstage.documents "
+										   "(user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256) "
+										   "VALUES ($1, $2, $3, $4, $5, $6)", 6, doc_types),
+							 doc_values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not insert into regstage.documents");
 	}
 	return user_id;

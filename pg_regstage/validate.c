@@ -17,6 +17,7 @@
 #include "utils/builtins.h"
 
 #include "guc.h"
+#include "plans.h"
 #include "validate.h"
 
 #define FULL_NAME_MIN_CHARS 2
@@ -61,6 +62,7 @@ validate_telegram_id(bool isnull, int64 telegram_id)
 void
 validate_language(const char *language)
 {
+	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	bool		found;
@@ -73,8 +75,9 @@ validate_language(const char *language)
 
 	values[0] = CStringGetTextDatum(language);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT 1 FROM regstage.messages WHERE language = $1 LIMIT 1",
-							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(regstage_plan(&plan, "SELECT 1 FROM regstage.messages WHERE language = $1 LIMIT 1",
+									   1, argtypes),
+						 values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up regstage.messages");
 	found = SPI_processed > 0;
 	SPI_finish();

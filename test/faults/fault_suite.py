@@ -115,6 +115,16 @@ def tmp_files():
     return sorted(os.listdir(p)) if os.path.isdir(p) else []
 
 
+def start_slow_commit(tid):
+    """A session whose commit_registration is downloading a 4 s file right now."""
+    stage(tid, selfie="dldelay4000_AgACs")
+    s = env.session()
+    n = s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
+    time.sleep(1.0)
+    assert tmp_files(), "download in progress"
+    return s, n
+
+
 # ---- the invariants ----------------------------------------------------------
 def invariants(failed=(), sweep=True):
     """The product's promise; raises AssertionError naming what broke."""
@@ -299,11 +309,7 @@ def _():
 @case("commit: backend terminated mid-download", "pg_terminate_backend during a download: no rows, no files (the exit aborts), staged kept")
 def _():
     tid = new_tid()
-    stage(tid, selfie="dldelay4000_AgACs")
-    s = env.session()
-    s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
-    time.sleep(1.0)
-    assert tmp_files(), "download in progress"
+    s, n = start_slow_commit(tid)
     env.sql("SELECT pg_terminate_backend(%s)" % s.pid)
     out = s.wait(timeout=20)
     s.close()
@@ -316,11 +322,7 @@ def _():
 @case("commit: cancelled mid-download", "pg_cancel_backend during a download -> 57014 within 0.5 s, no rows, no files, staged kept")
 def _():
     tid = new_tid()
-    stage(tid, selfie="dldelay4000_AgACs")
-    s = env.session()
-    n = s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
-    time.sleep(1.0)
-    assert tmp_files(), "download in progress"
+    s, n = start_slow_commit(tid)
     t0 = time.time()
     env.sql("SELECT pg_cancel_backend(%s)" % s.pid)
     out = s.wait(n, timeout=20)
@@ -335,11 +337,7 @@ def _():
 @case("commit: backend killed mid-download (crash)", "SIGKILL -> crash recovery; no rows; cleanup sweeps the partial files")
 def _():
     tid = new_tid()
-    stage(tid, selfie="dldelay4000_AgACs")
-    s = env.session()
-    s.send("SET regstage.download_timeout = '20s'; SELECT regstage.commit_registration(%d)" % tid)
-    time.sleep(1.0)
-    assert tmp_files(), "download in progress"
+    s, n = start_slow_commit(tid)
     os.kill(int(s.pid), signal.SIGKILL)
     s.wait(timeout=20)
     s.close()

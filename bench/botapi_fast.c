@@ -1,0 +1,177 @@
+/*
+ * botapi_fast — a minimal Bot API stand-in in C for the commit benchmark,
+ * so that the stand-in does not take the CPU the commits are measured on
+ * (the Python one in test/standin/ is the functional stand-in).
+ *
+ *   botapi_fast PORT TOKEN
+ *
+ * POST /bot<token>/getFile {"file_id": "..."}  -> file_path documents/file_<file_id>.jpg
+ * GET  /file/bot<token>/documents/file_<file_id>.jpg -> the content
+ * file_id directives as in the Python stand-in: bytes<N>, delay<ms>, dldelay<ms>.
+ * One thread per keep-alive connection.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char *token;
+static char *content;			/* deterministic bytes, JPEG magic first */
+#define CONTENT_MAX (32 * 1024 * 1024)
+
+static long
+directive(const char *file_id, const char *name, long def)
+{
+	char		pat[32];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "%s", name);
+	for (p = file_id; (p = strstr(p, pat)) != NULL; p++)
+		if ((p == file_id || p[-1] == '_') && p[strlen(pat)] >= '0' && p[strlen(pat)] <= '9')
+			return atol(p + strlen(pat));
+	return def;
+}
+
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0)
+	{
+		ssize_t		w = write(fd, buf, len);
+
+		if (w <= 0)
+			return -1;
+		buf += w;
+		len -= w;
+	}
+	return 0;
+}
+
+static void *
+serve(void *arg)
+{
+	int			fd = (int) (long) arg;
+	char		req[65536];
+	size_t		have = 0;
+
+	for (;;)
+	{
+		char	   *end, *cl, *body;
+		size_t		body_len = 0, total;
+		char		path[1024], method[8], file_id[512], hdr[512], json[1024];
+
+		while ((end = memmem(req, have, "\r\n\r\n", 4)) == NULL)
+		{
+			ssize_t		r = read(fd, req + have, sizeof(req) - have - 1);
+
+			if (r <= 0)
+				goto done;
+			have += r;
+		}
+		req[have] = '\0';
+		if (sscanf(req, "%7s %1023s", method, path) != 2)
+			goto done;
+		cl = strcasestr(req, "\r\nContent-Length:");
+		if (cl && cl < end)
+			body_len = strtoul(cl + 17, NULL, 10);
+		body = end + 4;
+		total = (body - req) + body_len;
+		while (have < total)
+		{
+			ssize_t		r = read(fd, req + have, sizeof(req) - have - 1);
+
+			if (r <= 0)
+				goto done;
+			have += r;
+		}
+		req[have] = '\0';
+
+		file_id[0] = '\0';
+		if (strcmp(method, "POST") == 0 && strstr(path, "/getFile") && strstr(path, token))
+		{
+			char	   *q = strstr(body, "\"file_id\"");
+
+			if (q && (q = strchr(q + 9, '"')) != NULL)
+				sscanf(q + 1, "%511[^\"]", file_id);
+			usleep(directive(file_id, "delay", 0) * 1000);
+			snprintf(json, sizeof(json),
+					 "{\"ok\":true,\"result\":{\"file_id\":\"%s\",\"file_unique_id\":\"u\",\"file_size\":%ld,"
+					 "\"file_path\":\"documents/file_%s.jpg\"}}", file_id, directive(file_id, "bytes", 2048), file_id);
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+					 strlen(json));
+			if (write_all(fd, hdr, strlen(hdr)) || write_all(fd, json, strlen(json)))
+				goto done;
+		}
+		else if (strcmp(method, "GET") == 0 && strstr(path, token) &&
+				 sscanf(path, "/file/bot%*[^/]/documents/file_%511[^.].jpg", file_id) == 1)
+		{
+			long		n = directive(file_id, "bytes", 2048);
+
+			if (n > CONTENT_MAX)
+				n = CONTENT_MAX;
+			usleep(directive(file_id, "dldelay", 0) * 1000);
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %ld\r\n\r\n", n);
+			if (write_all(fd, hdr, strlen(hdr)) || write_all(fd, content, n))
+				goto done;
+		}
+		else
+		{
+			const char *nf = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+
+			if (write_all(fd, nf, strlen(nf)))
+				goto done;
+		}
+		memmove(req, req + total, have - total);
+		have -= total;
+	}
+done:
+	close(fd);
+	return NULL;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int			one = 1, ls;
+
+	if (argc != 3)
+	{
+		fprintf(stderr, "usage: botapi_fast PORT TOKEN\n");
+		return 2;
+	}
+	token = argv[2];
+	content = malloc(CONTENT_MAX);
+	for (long i = 0; i < CONTENT_MAX; i++)
+		content[i] = (char) (i * 2654435761u >> 13);
+	memcpy(content, "\xff\xd8\xff\xe0", 4);
+	addr.sin_port = htons(atoi(argv[1]));
+	ls = socket(AF_INET, SOCK_STREAM, 0);
+	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(ls, (struct sockaddr *) &addr, sizeof(addr)) != 0 || listen(ls, 1024) != 0)
+	{
+		perror("botapi_fast");
+		return 1;
+	}
+	for (;;)
+	{
+		int			fd = accept(ls, NULL, NULL);
+		pthread_t	t;
+		pthread_attr_t attr;
+
+		if (fd < 0)
+			continue;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&attr, 256 * 1024);
+		if (pthread_create(&t, &attr, serve, (void *) (long) fd) != 0)
+			close(fd);
+		pthread_attr_destroy(&attr);
+	}
+}
