@@ -3,11 +3,13 @@
  *
  * Updates enter in update_id order.  Each goes into the FIFO of its chat;
  * a chat with work and no update running sits on the ready queue.  A
- * worker (one PostgreSQL connection each) takes a ready chat, runs its
- * head update through regstage.handle_update(), performs the returned Bot
- * API calls, and puts the chat back if more is waiting.  So one chat is
- * strictly ordered while different chats run in parallel: a slow commit
- * for one user never stalls the replies to others.
+ * worker (one PostgreSQL connection each) takes a ready chat and runs its
+ * head update through regstage.handle_update(); once that committed, the
+ * chat's next update may start on another worker while this one performs
+ * the returned Bot API calls — after the chat's earlier replies, so
+ * replies keep the updates' order.  One chat is strictly ordered while
+ * different chats run in parallel: a slow commit for one user never stalls
+ * the replies to others.
  *
  * The offset given to getUpdates only passes updates whose handle_update
  * committed (the done prefix of the global order).  After a crash Telegram
@@ -36,6 +38,7 @@ typedef struct Item
 	int64_t		chat_id;
 	char	   *json;			/* the update, as sent to handle_update */
 	bool		done;
+	uint64_t	send_seq;		/* its place in the chat's reply order */
 	struct Item *next_global;	/* update_id order */
 	struct Item *next_in_chat;
 } Item;
@@ -45,8 +48,11 @@ typedef struct Chat
 	int64_t		chat_id;
 	Item	   *head;			/* FIFO of this chat's pending updates */
 	Item	   *tail;
-	bool		running;
+	bool		running;		/* a worker runs handle_update for the head */
 	bool		ready;
+	uint64_t	committed;		/* handle_updates committed so far */
+	uint64_t	sent;			/* of those, whose replies are out */
+	int			sending;		/* committed, replies not yet out */
 	struct Chat *next_ready;
 	struct Chat *next;			/* in the active chat list */
 } Chat;
@@ -54,6 +60,7 @@ typedef struct Chat
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t progress_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t sent_cv = PTHREAD_COND_INITIALIZER;
 
 static Item *global_head;
 static Item *global_tail;
@@ -209,19 +216,47 @@ dispatch_submit(json_t *update)
 	return true;
 }
 
-/* A finished update leaves its chat and, if it ends the done prefix, moves the offset. */
-static void
-finish_item(Chat *c, Item *it)
+/*
+ * handle_update committed for the chat's head: the chat may run its next
+ * update while this one's replies go out.  Returns the reply turn.
+ */
+static uint64_t
+release_chat(Chat *c, Item *it)
 {
+	uint64_t	seq;
+
 	pthread_mutex_lock(&mu);
-	it->done = true;
+	seq = ++c->committed;
+	c->sending++;
 	c->head = it->next_in_chat;
 	if (c->head == NULL)
 		c->tail = NULL;
 	c->running = false;
 	if (c->head)
 		ready_push(c);
-	else
+	pthread_mutex_unlock(&mu);
+	return seq;
+}
+
+/* Replies go out in update order: wait until the chat's earlier ones are out. */
+static void
+wait_reply_turn(Chat *c, uint64_t seq)
+{
+	pthread_mutex_lock(&mu);
+	while (c->sent != seq - 1)
+		pthread_cond_wait(&sent_cv, &mu);
+	pthread_mutex_unlock(&mu);
+}
+
+/* An update is through (replies out): pass the turn on, and move the offset over the done prefix. */
+static void
+finish_item(Chat *c, Item *it, uint64_t seq)
+{
+	pthread_mutex_lock(&mu);
+	it->done = true;
+	c->sent = seq;
+	c->sending--;
+	if (c->head == NULL && c->sending == 0 && !c->running && !c->ready)
 		chat_drop(c);
 	while (global_head && global_head->done)
 	{
@@ -235,6 +270,7 @@ finish_item(Chat *c, Item *it)
 		free(d);
 		inflight--;
 	}
+	pthread_cond_broadcast(&sent_cv);
 	pthread_cond_broadcast(&progress_cv);
 	pthread_mutex_unlock(&mu);
 }
@@ -484,6 +520,7 @@ worker_main(void *arg)
 		char	   *calls;
 		bool		skipped;
 		long		t0;
+		uint64_t	seq;
 
 		pthread_mutex_lock(&mu);
 		while (!stopping && ready_head == NULL)
@@ -508,6 +545,9 @@ worker_main(void *arg)
 			pthread_mutex_unlock(&mu);
 			break;
 		}
+		/* committed (or skipped): the chat's next update may start now */
+		seq = release_chat(c, it);
+		wait_reply_turn(c, seq);
 		if (calls)
 		{
 			int			n = perform_calls(tg, calls, it->update_id);
@@ -516,7 +556,7 @@ worker_main(void *arg)
 					  (long long) it->update_id, (long long) it->chat_id, n, now_ms() - t0);
 			free(calls);
 		}
-		finish_item(c, it);
+		finish_item(c, it, seq);
 	}
 	if (conn)
 		PQfinish(conn);

@@ -14,7 +14,8 @@ Test control (no token):
   GET  /_test/calls      every recorded method call, as a JSON list
   POST /_test/reset      forget calls, updates and counters
   POST /_test/fault      {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1}
-                         or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal)
+                         or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal;
+                         "jitter": true makes each delay a random part of delay_ms)
 
 Faults are chosen by the file_id, so tests stay stateless and parallel: the
 file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
@@ -203,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
                 if f.get("method") == method and f.get("times", 1) > 0 and "delay_ms" in f:
                     f["times"] = f.get("times", 1) - 1
                     delay = f["delay_ms"] / 1000.0
+                    if f.get("jitter"):
+                        delay *= __import__("random").random()
         if delay:
             time.sleep(delay)
         with st.lock:
