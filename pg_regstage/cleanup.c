@@ -9,7 +9,7 @@
  *   referenced file             never touched
  *   orphan older than max_age   deleted
  *   younger orphan              kept (a transaction in flight may own it)
- *   temporary (.tmp/, *.part)   deleted when older than tmp_max_age
+ *   temporary (*.part)          deleted when older than tmp_max_age
  *
  * Per-user directories found empty (and older than max_age) are removed.
  */
@@ -154,8 +154,7 @@ is_temporary(const char *relpath)
 	size_t		len = strlen(relpath);
 	size_t		slen = strlen(UPLOAD_TMP_SUFFIX);
 
-	return strncmp(relpath, UPLOAD_TMP_DIR "/", strlen(UPLOAD_TMP_DIR) + 1) == 0 ||
-		(len > slen && strcmp(relpath + len - slen, UPLOAD_TMP_SUFFIX) == 0);
+	return len > slen && strcmp(relpath + len - slen, UPLOAD_TMP_SUFFIX) == 0;
 }
 
 /* The entry's type from readdir, or from lstat where the file system does not say. */
@@ -250,7 +249,7 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 	}
 	FreeDir(dir);
 
-	if (entries == 0 && reldir[0] && strcmp(reldir, UPLOAD_TMP_DIR) != 0 &&
+	if (entries == 0 && reldir[0] &&
 		entry_mtime(st, reldir, &mtime) && st->now - mtime >= st->max_age_s &&
 		rmdir(path) == 0)
 		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", reldir)));

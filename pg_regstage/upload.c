@@ -11,8 +11,8 @@
  *   PRE_PREPARE refuse: the files could not follow a prepared transaction
  *
  * The list lives in TopMemoryContext and is emptied at every terminal
- * event.  Files are written under .tmp/ and renamed into place, so a crash
- * leaves at most a temporary file for the cleanup to sweep.
+ * event.  Files are written as .<doc_type>-*.part and renamed into place,
+ * so a crash leaves at most a temporary file for the cleanup to sweep.
  */
 #include "postgres.h"
 
@@ -220,17 +220,21 @@ ensure_dir(const char *path)
 				 errmsg("could not set the mode of directory \"%s\": %m", path)));
 }
 
-/* Create a fresh temporary file under <upload_dir>/.tmp for one download. */
+/*
+ * Create a fresh temporary file for one download, in the user's own
+ * directory (<telegram_id>/.<doc_type>-<pid>-<n>.part): the final rename
+ * then stays within one directory, and concurrent registrations do not
+ * contend for one shared directory.
+ */
 void
 upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *doc_type)
 {
-	const char *dir = upload_check_dir();
-	char		tmpdir[MAXPGPATH];
+	char		userdir[MAXPGPATH];
 
-	snprintf(tmpdir, sizeof(tmpdir), "%s/%s", dir, UPLOAD_TMP_DIR);
-	ensure_dir(tmpdir);
-	snprintf(tmp->path, sizeof(tmp->path), "%s/" INT64_FORMAT "-%s-%d-%u" UPLOAD_TMP_SUFFIX,
-			 tmpdir, telegram_id, doc_type, MyProcPid, ++temp_counter);
+	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, upload_check_dir(), telegram_id);
+	ensure_dir(userdir);
+	snprintf(tmp->path, sizeof(tmp->path), "%s/.%s-%d-%u" UPLOAD_TMP_SUFFIX,
+			 userdir, doc_type, MyProcPid, ++temp_counter);
 	pending_add(tmp->path, false);
 	/* a transient file is closed by PostgreSQL itself if the transaction aborts */
 	tmp->fd = OpenTransientFilePerm(tmp->path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY,
@@ -273,7 +277,6 @@ upload_finish(UploadTemp *tmp, int64 telegram_id, const char *doc_type,
 	tmp->fd = -1;
 
 	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, dir, telegram_id);
-	ensure_dir(userdir);
 	relpath = psprintf(INT64_FORMAT "/%s-%.16s.%s", telegram_id, doc_type, sha256_hex, ext);
 	snprintf(final, sizeof(final), "%s/%s", dir, relpath);
 

@@ -6,12 +6,11 @@
  * (sub)transaction unlinks them, a commit keeps them.
  *
  * Layout:  <upload_dir>/<telegram_id>/<doc_type>-<sha256 prefix>.<ext>
- *          <upload_dir>/.tmp/<...>.part   (downloads in progress)
+ *          <upload_dir>/<telegram_id>/.<doc_type>-<pid>-<n>.part   (downloads in progress)
  */
 #ifndef REGSTAGE_UPLOAD_H
 #define REGSTAGE_UPLOAD_H
 
-#define UPLOAD_TMP_DIR ".tmp"
 #define UPLOAD_TMP_SUFFIX ".part"
 #define UPLOAD_FILE_MODE 0640
 #define UPLOAD_DIR_MODE 0750
