@@ -526,6 +526,13 @@ hash_to_fields(RedisValue *v)
 	{
 		StagedField *f = palloc(sizeof(StagedField));
 
+		/* written by another client: a NUL byte would silently cut the value */
+		if (memchr(v->elem[i]->str, '\0', v->elem[i]->len) != NULL ||
+			memchr(v->elem[i + 1]->str, '\0', v->elem[i + 1]->len) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a staged value of \"%s\" contains a NUL byte", v->elem[i]->str),
+					 errhint("Another client wrote it; clear the registration with regstage.clear_registration().")));
 		f->name = v->elem[i]->str;
 		f->value = v->elem[i + 1]->str;
 		fields = lappend(fields, f);

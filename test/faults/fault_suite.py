@@ -522,7 +522,7 @@ def _():
     assert env.sql("SELECT has_schema_privilege('public', 'regstage', 'USAGE')") == "f"
 
 
-@case("security: hostile file_ids and file_paths", "../, absolute, control characters never reach the file system")
+@case("security: hostile file_ids and file_paths", "../, absolute, NUL and control characters never reach the file system")
 def _():
     before = set(os.listdir(env.dir))
     for fid in ["../../etc/passwd", "/etc/passwd", "a\nb", "a b", "x" * 300]:
@@ -532,6 +532,11 @@ def _():
     stage(tid)
     redis_cli("HSET", "registration:%d:documents" % tid, "passport", "../../../tmp/evil")   # another client's garbage
     expect_failure(tid, "22023")
+    tid = new_tid()
+    stage(tid)
+    redis_cli("EVAL", "redis.call('HSET', KEYS[1], 'passport', 'AgAC\\0evil')", "1", "registration:%d:documents" % tid)
+    out = expect_failure(tid, "22023")                  # a NUL byte is refused, not silently cut
+    assert any("NUL byte" in l for l in out), out
     for bad in ("badpath_AgACp", "abspath_AgACp", "ctlpath_AgACp"):
         tid = new_tid()
         stage(tid, passport=bad)
