@@ -64,9 +64,10 @@ SELECT telegram_id FROM regstage.users WHERE telegram_id BETWEEN 6000 AND 6999 O
 INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES (6201, 'Moved Files', '+79160006201', 'ru');
 INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256)
 SELECT id, t, 'AgAC_' || t, p, 5, repeat('b', 64) FROM regstage.users,
-	(VALUES ('passport', 'uploads/6201_passport_AgAC.jpg'), ('selfie', 'uploads/6201_selfie_lost.jpg')) v(t, p)
+	(VALUES ('passport', 'uploads/6201_passport_AgAC.jpg'), ('selfie', 'uploads/6201_selfie_lost.jpg'),
+			('licence', '/app/uploads/6201_licence_abs.jpg')) v(t, p)
  WHERE telegram_id = 6201;
-SELECT * FROM regstage_test.sh(format('cd %s && mkdir -p 6201 && echo test > 6201/6201_passport_AgAC.jpg', :'dir'));
+SELECT * FROM regstage_test.sh(format('cd %s && mkdir -p 6201 && echo test > 6201/6201_passport_AgAC.jpg && echo test > 6201/6201_licence_abs.jpg', :'dir'));
 SELECT old_path, new_path, status FROM regstage.fix_document_paths() WHERE old_path LIKE '%6201%';
 SELECT file_path FROM regstage.documents WHERE file_path LIKE '%6201_passport%';
 SELECT old_path, new_path, status FROM regstage.fix_document_paths(dry_run => false) WHERE old_path LIKE '%6201%';
