@@ -146,12 +146,6 @@ upload_register_callbacks(void)
 	RegisterSubXactCallback(upload_subxact_callback, NULL);
 }
 
-bool
-upload_has_pending(void)
-{
-	return pending_files != NULL;
-}
-
 static const char *
 server_os_user(void)
 {
@@ -221,7 +215,8 @@ ensure_dir(const char *path)
 }
 
 /*
- * Create a fresh temporary file for one download, in the user's own
+ * Create a fresh temporary file for one download (the caller has run
+ * upload_check_dir() once for the registration), in the user's own
  * directory (<telegram_id>/.<doc_type>-<pid>-<n>.part): the final rename
  * then stays within one directory, and concurrent registrations do not
  * contend for one shared directory.
@@ -231,7 +226,7 @@ upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *doc_type)
 {
 	char		userdir[MAXPGPATH];
 
-	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, upload_check_dir(), telegram_id);
+	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, regstage_upload_dir, telegram_id);
 	ensure_dir(userdir);
 	snprintf(tmp->path, sizeof(tmp->path), "%s/.%s-%d-%u" UPLOAD_TMP_SUFFIX,
 			 userdir, doc_type, MyProcPid, ++temp_counter);

@@ -28,6 +28,5 @@ extern void upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *d
 extern char *upload_finish(UploadTemp *tmp, int64 telegram_id, const char *doc_type,
 						   const char *sha256_hex, const char *ext);
 extern void upload_sync_user_dir(int64 telegram_id);
-extern bool upload_has_pending(void);
 
 #endif
