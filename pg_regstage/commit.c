@@ -87,17 +87,15 @@ run_pending_clears(void)
 		PendingClear *p = pending_clears;
 		char		errbuf[256];
 
-		ereport(LOG,
-				(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT,
-						p->telegram_id, p->user_id)));
 		if (redis_clear_nothrow(p->telegram_id, errbuf, sizeof(errbuf)))
 			ereport(LOG,
-					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": staged data cleared from Redis",
-							p->telegram_id)));
+					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT "; staged data cleared from Redis",
+							p->telegram_id, p->user_id),
+					 errhidestmt(true)));
 		else
 			ereport(WARNING,
-					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed but the staged data could not be cleared from Redis: %s",
-							p->telegram_id, errbuf),
+					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT ", but the staged data could not be cleared from Redis: %s",
+							p->telegram_id, p->user_id, errbuf),
 					 errhint("It expires with regstage.ttl, and the next commit_registration() of this telegram_id clears it.")));
 		pending_clears = p->next;
 		pfree(p);
@@ -347,6 +345,7 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 	queue_redis_clear(telegram_id, user_id);
 	ereport(LOG,
 			(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": %d documents saved for user id " INT64_FORMAT ", waiting for commit",
-					telegram_id, nfiles, user_id)));
+					telegram_id, nfiles, user_id),
+			 errhidestmt(true)));
 	PG_RETURN_INT64(user_id);
 }

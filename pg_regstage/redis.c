@@ -49,6 +49,15 @@ typedef struct RedisCommand
 
 static redisContext *redis_conn = NULL;
 static bool redis_conn_busy = false;	/* a round trip is in progress or was cut */
+
+/*
+ * The latch, postmaster death and redis_conn's socket, kept for the life of
+ * the connection: WaitLatchOrSocket would build and tear down an epoll set
+ * on every wait (five system calls, twice per registration).
+ */
+static WaitEventSet *redis_waitset = NULL;
+static int	redis_waitset_socket_pos;
+static int	redis_waitset_socket_event;
 static char redis_conn_identity[1024];	/* settings the connection was made with */
 
 /* Where Redis is, for messages: "host:port" or "unix socket path". */
@@ -88,6 +97,9 @@ cmd_arg(RedisCommand *cmd, const char *arg)
 static void
 redis_discard(void)
 {
+	if (redis_waitset)
+		FreeWaitEventSet(redis_waitset);
+	redis_waitset = NULL;
 	if (redis_conn)
 		redisFree(redis_conn);
 	redis_conn = NULL;
@@ -144,23 +156,41 @@ redis_copy_reply(redisReply *r)
 static bool
 redis_wait(int event, TimestampTz deadline, bool nothrow)
 {
+	if (redis_waitset == NULL)
+	{
+#if PG_VERSION_NUM >= 170000
+		redis_waitset = CreateWaitEventSet(NULL, 3);
+#else
+		redis_waitset = CreateWaitEventSet(TopMemoryContext, 3);
+#endif
+		AddWaitEventToSet(redis_waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(redis_waitset, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		redis_waitset_socket_pos = AddWaitEventToSet(redis_waitset, event, redis_conn->fd,
+													 NULL, NULL);
+		redis_waitset_socket_event = event;
+	}
+	else if (redis_waitset_socket_event != event)
+	{
+		ModifyWaitEvent(redis_waitset, redis_waitset_socket_pos, event, NULL);
+		redis_waitset_socket_event = event;
+	}
+
 	for (;;)
 	{
 		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		int			rc;
+		WaitEvent	ev;
 
 		if (remaining <= 0)
 			return false;
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | event,
-							   redis_conn->fd, remaining, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
+		if (WaitEventSetWait(redis_waitset, remaining, &ev, 1, PG_WAIT_EXTENSION) == 0)
+			continue;			/* timed out: the deadline check decides */
+		if (ev.events & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);
 			if (!nothrow)
 				CHECK_FOR_INTERRUPTS();
 		}
-		if (rc & event)
+		if (ev.events & event)
 			return true;
 	}
 }

@@ -711,12 +711,13 @@ def _():
     with open(env.pg_log) as f:
         f.seek(offset)
         log = f.read()
-    for line in ["telegram_id %d: download of passport started" % tid,
-                 "telegram_id %d: downloaded passport, 3000 bytes" % tid,
-                 "telegram_id %d: 2 documents saved for user id %s" % (tid, uid),
-                 "telegram_id %d: registration committed, user id %s" % (tid, uid),
-                 "telegram_id %d: staged data cleared from Redis" % tid]:
+    for line in ["telegram_id %d: downloading passport, selfie" % tid,
+                 "telegram_id %d: downloaded passport 3000 bytes, selfie " % tid,
+                 "telegram_id %d: 2 documents saved for user id %s, waiting for commit" % (tid, uid),
+                 "telegram_id %d: registration committed, user id %s; staged data cleared from Redis" % (tid, uid)]:
         assert line in log, "missing log line: %s" % line
+    # routine lines carry no STATEMENT line (the telegram_id says which call)
+    assert "commit_registration(%d)" % tid not in log, "a STATEMENT line in a successful commit's log"
     assert "Zinaida" not in log and "5550101" not in log, "a name or phone in the log"
     invariants()
 
