@@ -60,7 +60,9 @@ typedef struct Transfer
 	/* download */
 	bool		status_checked;
 	bool		status_ok;
-	int64		written;
+	int64		written;		/* bytes received (and hashed) */
+	char	   *wbuf;			/* received, not yet written to the file */
+	size_t		wbuf_len;
 	int			write_errno;
 	bool		too_big;
 	pg_cryptohash_ctx *sha;
@@ -121,12 +123,42 @@ getfile_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* write(2) all of buf; false with *errno_out set on failure */
+static bool
+write_all(int fd, const char *buf, size_t len, int *errno_out)
+{
+	size_t		off = 0;
+
+	while (off < len)
+	{
+		ssize_t		w = write(fd, buf + off, len - off);
+
+		if (w < 0)
+		{
+			if (errno == EINTR)
+				continue;
+			*errno_out = errno;
+			return false;
+		}
+		off += w;
+	}
+	return true;
+}
+
+static bool
+flush_download_buffer(Transfer *t)
+{
+	bool		ok = write_all(t->file->fd, t->wbuf, t->wbuf_len, &t->write_errno);
+
+	t->wbuf_len = 0;
+	return ok;
+}
+
 static size_t
 download_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	Transfer   *t = userdata;
 	size_t		n = size * nmemb;
-	size_t		off = 0;
 
 	if (!t->status_checked)
 	{
@@ -144,18 +176,18 @@ download_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 		t->too_big = true;
 		return 0;
 	}
-	while (off < n)
+	/* libcurl hands over 16 KiB at a time; write the file in larger pieces */
+	if (t->wbuf_len + n > DOWNLOAD_BUFFER_SIZE && !flush_download_buffer(t))
+		return 0;
+	if (n >= DOWNLOAD_BUFFER_SIZE)
 	{
-		ssize_t		w = write(t->file->fd, ptr + off, n - off);
-
-		if (w < 0)
-		{
-			if (errno == EINTR)
-				continue;
-			t->write_errno = errno;
+		if (!write_all(t->file->fd, ptr, n, &t->write_errno))
 			return 0;
-		}
-		off += w;
+	}
+	else
+	{
+		memcpy(t->wbuf + t->wbuf_len, ptr, n);
+		t->wbuf_len += n;
 	}
 	if (t->head_len < (int) sizeof(t->head))
 	{
@@ -282,6 +314,8 @@ start_download(Transfer *t, CURLM *multi, const char *file_path)
 	/* one recv and one write() per 256 KiB instead of per 16 KiB */
 	curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, DOWNLOAD_BUFFER_SIZE);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	t->wbuf = palloc(DOWNLOAD_BUFFER_SIZE);
+	t->wbuf_len = 0;
 	t->sha = pg_cryptohash_create(PG_SHA256);
 	if (t->sha == NULL || pg_cryptohash_init(t->sha) < 0)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not initialise sha256")));
@@ -400,6 +434,16 @@ on_getfile_done(Transfer *t, CURLM *multi)
 	start_download(t, multi, file_path);
 }
 
+static void
+raise_write_error(Transfer *t)
+{
+	errno = t->write_errno;
+	ereport(ERROR,
+			(errcode_for_file_access(),
+			 errmsg("could not write document %s to \"%s\": %m", t->file->doc_type, t->file->fd_path),
+			 errhint("Free space in regstage.upload_dir; the staged data is kept, so the user can retry with /start.")));
+}
+
 /* The download finished: check status, size and content, record the hash. */
 static void
 on_download_done(Transfer *t, int64 telegram_id)
@@ -424,6 +468,8 @@ on_download_done(Transfer *t, int64 telegram_id)
 				 errmsg("download of %s was truncated: " INT64_FORMAT " of " INT64_FORMAT " bytes",
 						t->file->doc_type, t->written, t->expected_size),
 				 errhint("The staged data is kept, so the user can retry with /start.")));
+	if (!flush_download_buffer(t))
+		raise_write_error(t);
 	if (pg_cryptohash_final(t->sha, digest, sizeof(digest)) < 0)
 		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not finish sha256")));
 	hex_encode((const char *) digest, sizeof(digest), t->file->sha256_hex);
@@ -445,13 +491,7 @@ on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi, int64 telegram_id)
 							t->file->doc_type, regstage_max_file_size),
 					 errhint("Ask the user to send a smaller file; the staged data is kept.")));
 		if (t->write_errno != 0)
-		{
-			errno = t->write_errno;
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not write document %s to \"%s\": %m", t->file->doc_type, t->file->fd_path),
-					 errhint("Free space in regstage.upload_dir; the staged data is kept, so the user can retry with /start.")));
-		}
+			raise_write_error(t);
 		if (t->body_overflow)
 			ereport(ERROR,
 					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),

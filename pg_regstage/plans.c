@@ -14,7 +14,12 @@ regstage_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*slot == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		/*
+		 * A generic plan: these statements are single-row index probes and
+		 * inserts whose plan never depends on the parameter values, so
+		 * planning them again on every call (a custom plan) is pure cost.
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "pg_regstage: could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
