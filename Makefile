@@ -31,7 +31,7 @@ include $(PGXS)
 RELAY_SRCS = $(wildcard relay/*.c)
 RELAY_OBJS = $(RELAY_SRCS:.c=.o)
 RELAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu11 -I$(shell $(PG_CONFIG) --includedir)
-RELAY_LIBS = -L$(shell $(PG_CONFIG) --libdir) -lpq -lcurl -ljansson -lpthread
+RELAY_LIBS = -L$(shell $(PG_CONFIG) --libdir) -lpq -lcurl -ljansson -lssl -lcrypto -lpthread
 prefix_bin ?= /usr/local/bin
 
 ifneq ($(RELAY_SRCS),)

@@ -1,19 +1,26 @@
 /*
- * botapi_fast — a minimal Bot API stand-in in C for the commit benchmark,
- * so that the stand-in does not take the CPU the commits are measured on
- * (the Python one in test/standin/ is the functional stand-in).
+ * botapi_fast — a minimal Bot API stand-in in C for the commit and relay
+ * benchmarks, so that the stand-in does not take the CPU PostgreSQL and the
+ * relay are measured on (the Python one in test/standin/ is the functional
+ * stand-in).
  *
  *   botapi_fast PORT TOKEN
  *
  * POST /bot<token>/getFile {"file_id": "..."}  -> file_path documents/file_<file_id>.jpg
  * GET  /file/bot<token>/documents/file_<file_id>.jpg -> the content
  * file_id directives as in the Python stand-in: bytes<N>, delay<ms>, dldelay<ms>.
+ *
+ *   botapi_fast PORT TOKEN UPDATES CHATS FIRST_TID   (the relay benchmark)
+ *
+ * also serves UPDATES typed answers over getUpdates from CHATS chats, counts
+ * sendMessage calls, and reports the count at GET /_bench/sent.
  * One thread per keep-alive connection.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +74,59 @@ write_response(int fd, const char *hdr, const char *body, size_t body_len)
 	return 0;
 }
 
+/*
+ * The relay benchmark's updates: update_id 1..updates_total, a typed answer
+ * ("Ivan Petrov") from chat first_tid + (update_id - 1) % chats.  getUpdates
+ * honours offset and limit; with nothing left it waits a second and answers
+ * empty, like a long poll that timed out.
+ */
+static long updates_total = 0;
+static long updates_chats = 1;
+static long long updates_first_tid = 0;
+static atomic_long messages_sent;
+
+static long
+json_number(const char *body, const char *key, long def)
+{
+	const char *p = strstr(body, key);
+
+	if (p == NULL || (p = strchr(p + strlen(key), ':')) == NULL)
+		return def;
+	return strtol(p + 1, NULL, 10);
+}
+
+static int
+serve_get_updates(int fd, const char *body)
+{
+	long		offset = json_number(body, "\"offset\"", 0);
+	long		limit = json_number(body, "\"limit\"", 100);
+	long		first = offset > 1 ? offset : 1;
+	char	   *out = malloc(64 + (limit > 0 ? limit : 1) * 256);
+	size_t		len;
+	char		hdr[256];
+	int			rc;
+
+	if (out == NULL)
+		return -1;
+	if (first > updates_total)
+		sleep(1);
+	len = sprintf(out, "{\"ok\":true,\"result\":[");
+	for (long id = first; id <= updates_total && id < first + limit; id++)
+	{
+		long long	chat = updates_first_tid + (id - 1) % updates_chats;
+
+		len += sprintf(out + len, "%s{\"update_id\":%ld,\"message\":{\"message_id\":%ld,\"date\":1,"
+					   "\"text\":\"Ivan Petrov\",\"from\":{\"id\":%lld,\"first_name\":\"B\"},"
+					   "\"chat\":{\"id\":%lld,\"type\":\"private\"}}}",
+					   id == first ? "" : ",", id, id, chat, chat);
+	}
+	len += sprintf(out + len, "]}");
+	snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", len);
+	rc = write_response(fd, hdr, out, len);
+	free(out);
+	return rc;
+}
+
 static void *
 serve(void *arg)
 {
@@ -107,7 +167,29 @@ serve(void *arg)
 		req[have] = '\0';
 
 		file_id[0] = '\0';
-		if (strcmp(method, "POST") == 0 && strstr(path, "/getFile") && strstr(path, token))
+		if (strcmp(method, "POST") == 0 && strstr(path, "/getUpdates") && strstr(path, token))
+		{
+			if (serve_get_updates(fd, body))
+				goto done;
+		}
+		else if (strcmp(method, "POST") == 0 && strstr(path, "/sendMessage") && strstr(path, token))
+		{
+			const char *ok = "{\"ok\":true,\"result\":{\"message_id\":1,\"date\":1,\"chat\":{\"id\":1,\"type\":\"private\"}}}";
+
+			atomic_fetch_add(&messages_sent, 1);
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+					 strlen(ok));
+			if (write_response(fd, hdr, ok, strlen(ok)))
+				goto done;
+		}
+		else if (strcmp(method, "GET") == 0 && strcmp(path, "/_bench/sent") == 0)
+		{
+			snprintf(json, sizeof(json), "%ld", (long) atomic_load(&messages_sent));
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", strlen(json));
+			if (write_response(fd, hdr, json, strlen(json)))
+				goto done;
+		}
+		else if (strcmp(method, "POST") == 0 && strstr(path, "/getFile") && strstr(path, token))
 		{
 			char	   *q = strstr(body, "\"file_id\"");
 
@@ -155,12 +237,18 @@ main(int argc, char **argv)
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	int			one = 1, ls;
 
-	if (argc != 3)
+	if (argc != 3 && argc != 6)
 	{
-		fprintf(stderr, "usage: botapi_fast PORT TOKEN\n");
+		fprintf(stderr, "usage: botapi_fast PORT TOKEN [UPDATES CHATS FIRST_TID]\n");
 		return 2;
 	}
 	token = argv[2];
+	if (argc == 6)
+	{
+		updates_total = atol(argv[3]);
+		updates_chats = atol(argv[4]) > 0 ? atol(argv[4]) : 1;
+		updates_first_tid = atoll(argv[5]);
+	}
 	content = malloc(CONTENT_MAX);
 	for (long i = 0; i < CONTENT_MAX; i++)
 		content[i] = (char) (i * 2654435761u >> 13);

@@ -9,7 +9,13 @@
 
 #include <jansson.h>
 
-#define DISPATCH_MAX_INFLIGHT 2000
+/*
+ * Updates fetched but not yet confirmed, at most.  Enough for a backlog
+ * after downtime to keep every worker busy across many chats, and for one
+ * chat stuck in a long commit not to hold up the others (it would need 500
+ * queued updates of its own); small enough that the queue stays ~0.2 MB.
+ */
+#define DISPATCH_MAX_INFLIGHT 500
 
 bool		dispatch_start(int nworkers);
 /* The chat an update belongs to (exposed for the fuzz target). */

@@ -6,6 +6,8 @@
  * returns.  The offset only moves past committed updates.
  */
 #include <curl/curl.h>
+#include <malloc.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,7 +124,7 @@ poll_once(TgClient *tg, int *new_updates, int *failures)
 	json_t	   *u;
 
 	snprintf(body, sizeof(body),
-			 "{\"offset\": %lld, \"timeout\": %d, \"limit\": 100, "
+			 "{\"offset\": %lld, \"timeout\": %d, \"limit\": 50, "
 			 "\"allowed_updates\": [\"message\", \"callback_query\"]}",
 			 (long long) dispatch_offset(), timeout);
 	tg_call(tg, "getUpdates", body, (timeout + 15) * 1000L, true, &res);
@@ -167,6 +169,43 @@ poll_once(TgClient *tg, int *new_updates, int *failures)
 	return false;
 }
 
+/*
+ * The relay is meant to stay under 10 MB resident, most of which are pages
+ * of shared libraries that OpenSSL's default initialisation touches.  Before
+ * libcurl initialises OpenSSL, initialise it without the parts the relay
+ * never uses (each stage runs once, so libcurl's later call cannot add them):
+ * the error-string tables (about 0.6 MB; a TLS failure still comes with
+ * curl's own text) and the legacy by-name tables of every cipher and digest
+ * (about 0.8 MB; TLS fetches its algorithms from the provider).  The
+ * configuration file is still loaded, so a system-wide TLS policy applies.
+ * One malloc arena: the workers mostly wait on the database, per-thread
+ * arenas would only hold pages.
+ */
+static void
+limit_memory(void)
+{
+	mallopt(M_ARENA_MAX, 1);
+	OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_SSL_STRINGS | OPENSSL_INIT_NO_LOAD_CRYPTO_STRINGS |
+					 OPENSSL_INIT_NO_ADD_ALL_CIPHERS | OPENSSL_INIT_NO_ADD_ALL_DIGESTS, NULL);
+}
+
+/*
+ * Debian's libcurl links librtmp, which links GnuTLS, and GnuTLS initialises
+ * itself when it is loaded: about 0.7 MB of pages and ASN.1 trees for a
+ * protocol the relay never speaks (libcurl is limited to http and https,
+ * which go through OpenSSL).  GnuTLS reads GNUTLS_NO_IMPLICIT_INIT before
+ * main() runs, so the relay sets it and executes itself once more (same
+ * pid); if that fails it simply goes on with GnuTLS initialised.
+ */
+static void
+skip_gnutls_init(char **argv)
+{
+	if (getenv("GNUTLS_NO_IMPLICIT_INIT") != NULL)
+		return;
+	if (setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1) == 0)
+		execv("/proc/self/exe", argv);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -190,6 +229,7 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	skip_gnutls_init(argv);
 	load_config();
 
 	memset(&sa, 0, sizeof(sa));
@@ -198,6 +238,7 @@ main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	limit_memory();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (tg = tg_client_new()) == NULL)
 	{
 		fprintf(stderr, "regstage-relay: could not initialise libcurl\n");
