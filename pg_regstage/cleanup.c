@@ -2,9 +2,14 @@
  * cleanup.c — the orphan scan, shared by cleanup_orphans() and the worker.
  *
  * Walks regstage.upload_dir without following symlinks.  Regular files are
- * checked against regstage.documents.file_path in batches (one index-probe
- * query per CLEANUP_BATCH files, with a fresh snapshot each), so memory
- * stays flat however many files or rows there are:
+ * checked against regstage.documents.file_path, which is read once into a
+ * sorted array of 64-bit hashes (8 bytes per row, bounded by
+ * regstage.cleanup_memory).  A hash collision can only make an orphan look
+ * referenced, so it is kept, never the reverse; and an orphan old enough to
+ * go is checked once more with an index probe right before it is deleted,
+ * for a row written since the array was read.  With more rows than
+ * cleanup_memory holds, files are checked in batches instead (one
+ * index-probe query per CLEANUP_BATCH files): slower, flat memory.
  *
  *   referenced file             never touched
  *   orphan older than max_age   deleted
@@ -20,6 +25,7 @@
 #include <unistd.h>
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -42,6 +48,35 @@ typedef struct Candidate
 	char	   *relpath;
 } Candidate;
 
+#define DIR_BUF_SIZE 32768
+
+typedef struct DirReader
+{
+	int			fd;
+	int			read_errno;
+#ifdef __linux__
+	char	   *buf;			/* getdents64 buffer, DIR_BUF_SIZE */
+	ssize_t		len;
+	ssize_t		pos;
+#else
+	DIR		   *dir;
+#endif
+} DirReader;
+
+/*
+ * A file or directory met during the walk: its name in the open directory
+ * dirfd (so lookups do not walk the path from the root again), and its path
+ * relative to upload_dir (for the database and for messages).  A batched
+ * candidate is looked at after its directory was closed: dirfd -1, and the
+ * full path is used.
+ */
+typedef struct Entry
+{
+	int			dirfd;
+	const char *name;
+	const char *relpath;
+} Entry;
+
 typedef struct OrphanScan
 {
 	const char *root;
@@ -49,54 +84,238 @@ typedef struct OrphanScan
 	int64		max_age_s;
 	int64		tmp_max_age_s;
 	CleanupStats *stats;
+
+	/* the referenced paths, hashed and sorted; NULL when they did not fit */
+	uint64	   *referenced;
+	int64		nreferenced;
+	uint32	   *bucket_start;	/* by the top bucket_bits bits of a hash; or NULL */
+	int			bucket_bits;
+	SPIPlanPtr	still_unreferenced_plan;	/* the check right before a delete */
+
+	/* otherwise: batches checked with one query each */
 	SPIPlanPtr	unreferenced_plan;
 	Candidate	batch[CLEANUP_BATCH];
 	int			nbatch;
 	MemoryContext batch_cxt;
+
+	/* the open directories, root first */
+	DirReader	dirs[CLEANUP_MAX_DEPTH];
+	int			ndirs;
+	MemoryContext scan_cxt;
 } OrphanScan;
 
+static void scan_subdir(OrphanScan *st, Entry *e, int depth);
+
+static uint64
+path_hash(const char *path, size_t len)
+{
+	return hash_bytes_extended((const unsigned char *) path, (int) len, 0);
+}
+
+static int
+uint64_cmp(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * Read every documents.file_path into st->referenced, if in_db rows fit in
+ * regstage.cleanup_memory.  Returns false (nothing kept) when they do not.
+ */
+static bool
+load_referenced(OrphanScan *st, int64 in_db, MemoryContext cxt)
+{
+	Size		limit = (Size) regstage_cleanup_memory_kb * 1024;
+	int64		cap = Max(in_db, 1024);
+	Portal		portal;
+
+	if ((Size) cap * sizeof(uint64) > limit)
+		return false;
+	st->referenced = MemoryContextAllocHuge(cxt, cap * sizeof(uint64));
+	st->nreferenced = 0;
+	portal = SPI_cursor_open_with_args(NULL, "SELECT file_path FROM regstage.documents",
+									   0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+			text	   *t;
+
+			if (isnull)
+				continue;
+			if (st->nreferenced == cap)
+			{
+				/* rows were added since the count: grow, within the limit */
+				if ((Size) cap * 2 * sizeof(uint64) > limit)
+				{
+					SPI_cursor_close(portal);
+					pfree(st->referenced);
+					st->referenced = NULL;
+					return false;
+				}
+				cap *= 2;
+				st->referenced = repalloc_huge(st->referenced, cap * sizeof(uint64));
+			}
+			t = DatumGetTextPP(d);
+			st->referenced[st->nreferenced++] = path_hash(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	qsort(st->referenced, st->nreferenced, sizeof(uint64), uint64_cmp);
+
+	/*
+	 * Where each range of hash prefixes starts in the sorted array, about
+	 * two hashes per range: a lookup is then one or two cache misses
+	 * instead of a binary search's twenty.  Only if it fits as well.
+	 */
+	st->bucket_bits = 1;
+	while (st->bucket_bits < 31 && ((int64) 1 << (st->bucket_bits + 1)) <= st->nreferenced)
+		st->bucket_bits++;
+	if (st->nreferenced > 0 && st->nreferenced < PG_UINT32_MAX &&
+		(Size) cap * sizeof(uint64) + (((Size) 1 << st->bucket_bits) + 1) * sizeof(uint32) <= limit)
+	{
+		Size		nb = (Size) 1 << st->bucket_bits;
+		int64		i = 0;
+
+		st->bucket_start = MemoryContextAllocHuge(cxt, (nb + 1) * sizeof(uint32));
+		for (Size b = 0; b < nb; b++)
+		{
+			while (i < st->nreferenced && (st->referenced[i] >> (64 - st->bucket_bits)) < b)
+				i++;
+			st->bucket_start[b] = (uint32) i;
+		}
+		st->bucket_start[nb] = (uint32) st->nreferenced;
+	}
+	return true;
+}
+
+static bool
+is_referenced(OrphanScan *st, const char *relpath)
+{
+	uint64		h = path_hash(relpath, strlen(relpath));
+
+	if (st->bucket_start)
+	{
+		uint64		b = h >> (64 - st->bucket_bits);
+
+		for (uint32 i = st->bucket_start[b]; i < st->bucket_start[b + 1]; i++)
+			if (st->referenced[i] == h)
+				return true;
+		return false;
+	}
+	return bsearch(&h, st->referenced, st->nreferenced, sizeof(uint64), uint64_cmp) != NULL;
+}
+
+/* Is relpath still without a documents row, as of now? */
+static bool
+still_unreferenced(OrphanScan *st, const char *relpath)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(st->batch_cxt);
+	Datum		values[1] = {CStringGetTextDatum(relpath)};
+	bool		unreferenced;
+
+	if (SPI_execute_plan(st->still_unreferenced_plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_regstage cleanup: lookup of documents.file_path failed");
+	unreferenced = (SPI_processed == 0);
+	SPI_freetuptable(SPI_tuptable);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(st->batch_cxt);	/* unused for batches in this mode */
+	return unreferenced;
+}
+
 static void
-remove_file(OrphanScan *st, const char *relpath, const char *why)
+full_path(OrphanScan *st, const char *relpath, char *path)
+{
+	snprintf(path, MAXPGPATH, "%s/%s", st->root, relpath);
+}
+
+static void
+remove_file(OrphanScan *st, Entry *e, const char *why)
 {
 	char		path[MAXPGPATH];
+	int			rc;
 
-	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
-	if (unlink(path) == 0)
+	if (e->dirfd >= 0)
+		rc = unlinkat(e->dirfd, e->name, 0);
+	else
+	{
+		full_path(st, e->relpath, path);
+		rc = unlink(path);
+	}
+	if (rc == 0)
 	{
 		st->stats->deleted++;
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\"", why, relpath)));
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\"", why, e->relpath)));
 	}
 	else if (errno != ENOENT)
 	{
+		full_path(st, e->relpath, path);
 		st->stats->errors++;
 		ereport(WARNING,
 				(errcode_for_file_access(),
-				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", relpath),
+				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", e->relpath),
 				 errdetail("Path: \"%s\".", path)));
 	}
 }
 
-/* mtime of a file under upload_dir; false (and counted) when it cannot be read */
+/* lstat of an entry; false (and counted unless it is gone) on failure */
 static bool
-entry_mtime(OrphanScan *st, const char *relpath, time_t *mtime)
+entry_stat(OrphanScan *st, Entry *e, struct stat *sb)
 {
 	char		path[MAXPGPATH];
-	struct stat sb;
+	int			rc;
 
-	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
-	if (lstat(path, &sb) == 0)
+	if (e->dirfd >= 0)
+		rc = fstatat(e->dirfd, e->name, sb, AT_SYMLINK_NOFOLLOW);
+	else
 	{
-		*mtime = sb.st_mtime;
-		return true;
+		full_path(st, e->relpath, path);
+		rc = lstat(path, sb);
 	}
+	if (rc == 0)
+		return true;
 	if (errno != ENOENT)
 	{
+		full_path(st, e->relpath, path);
 		st->stats->errors++;
 		ereport(WARNING, (errcode_for_file_access(),
-						  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", relpath),
+						  errmsg("pg_regstage cleanup: could not stat \"%s\": %m", e->relpath),
 						  errdetail("Path: \"%s\".", path)));
 	}
 	return false;
+}
+
+/*
+ * A file without a documents row: deleted when older than max_age (after
+ * the last-moment check, unless the caller's check was just made), else
+ * kept.
+ */
+static void
+handle_unreferenced(OrphanScan *st, Entry *e, bool checked_now)
+{
+	struct stat sb;
+
+	if (!entry_stat(st, e, &sb))
+		return;
+	if (st->now - sb.st_mtime < st->max_age_s)
+	{
+		st->stats->kept++;
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\"", e->relpath)));
+	}
+	else if (checked_now || still_unreferenced(st, e->relpath))
+		remove_file(st, e, "orphaned file");
+	else
+		st->stats->referenced++;
 }
 
 /*
@@ -129,19 +348,10 @@ flush_batch(OrphanScan *st)
 	{
 		bool		isnull;
 		int			i = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
-		Candidate  *c = &st->batch[i];
-		time_t		mtime;
+		Entry		e = {-1, NULL, st->batch[i].relpath};
 
 		CHECK_FOR_INTERRUPTS();
-		if (!entry_mtime(st, c->relpath, &mtime))
-			continue;
-		if (st->now - mtime >= st->max_age_s)
-			remove_file(st, c->relpath, "orphaned file");
-		else
-		{
-			st->stats->kept++;
-			ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\"", c->relpath)));
-		}
+		handle_unreferenced(st, &e, true);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	st->nbatch = 0;
@@ -149,94 +359,177 @@ flush_batch(OrphanScan *st)
 }
 
 static bool
-is_temporary(const char *relpath)
+is_temporary(const char *name)
 {
-	size_t		len = strlen(relpath);
+	size_t		len = strlen(name);
 	size_t		slen = strlen(UPLOAD_TMP_SUFFIX);
 
-	return len > slen && strcmp(relpath + len - slen, UPLOAD_TMP_SUFFIX) == 0;
-}
-
-/* The entry's type from readdir, or from lstat where the file system does not say. */
-static int
-entry_type(OrphanScan *st, struct dirent *de, const char *relpath)
-{
-	char		path[MAXPGPATH];
-	struct stat sb;
-
-	if (de->d_type != DT_UNKNOWN)
-		return de->d_type;
-	snprintf(path, sizeof(path), "%s/%s", st->root, relpath);
-	if (lstat(path, &sb) != 0)
-		return DT_UNKNOWN;
-	return S_ISLNK(sb.st_mode) ? DT_LNK : S_ISDIR(sb.st_mode) ? DT_DIR :
-		S_ISREG(sb.st_mode) ? DT_REG : DT_UNKNOWN;
+	return len > slen && strcmp(name + len - slen, UPLOAD_TMP_SUFFIX) == 0;
 }
 
 /*
- * Walk one directory.  Types come from readdir (no stat per file): only
- * temporary files, unreferenced files and empty directories are stat'ed.
- * A directory found empty and older than max_age is removed; one emptied
- * by this run goes in the next (its mtime is now).
+ * Reading one directory through a descriptor opened relative to its parent
+ * (O_NOFOLLOW: a directory swapped for a symlink is not entered).  Linux
+ * reads entries with getdents64 into a buffer kept per depth; elsewhere
+ * fdopendir/readdir.  Open directories are recorded in st->dirs, so an
+ * error or a cancel anywhere in the walk still closes them (cleanup_run).
  */
+static bool
+dir_open(OrphanScan *st, int depth, int parent_fd, const char *name)
+{
+	DirReader  *r = &st->dirs[depth];
+	int			fd;
+	int			save_errno;
+
+	ReserveExternalFD();
+	fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (depth > 0 ? O_NOFOLLOW : 0));
+	if (fd < 0)
+		goto fail;
+#ifdef __linux__
+	if (r->buf == NULL)
+		r->buf = MemoryContextAlloc(st->scan_cxt, DIR_BUF_SIZE);
+	r->len = r->pos = 0;
+#else
+	r->dir = fdopendir(fd);
+	if (r->dir == NULL)
+	{
+		save_errno = errno;
+		close(fd);
+		errno = save_errno;
+		goto fail;
+	}
+#endif
+	r->fd = fd;
+	r->read_errno = 0;
+	st->ndirs = depth + 1;
+	return true;
+
+fail:
+	save_errno = errno;
+	ReleaseExternalFD();
+	errno = save_errno;
+	return false;
+}
+
+/* The next entry's name and type (DT_*), or NULL at the end or on an error. */
+static const char *
+dir_next(DirReader *r, unsigned char *type)
+{
+#ifdef __linux__
+	struct dirent64 *d;
+
+	if (r->pos >= r->len)
+	{
+		ssize_t		n = getdents64(r->fd, r->buf, DIR_BUF_SIZE);
+
+		if (n <= 0)
+		{
+			r->read_errno = n < 0 ? errno : 0;
+			return NULL;
+		}
+		r->len = n;
+		r->pos = 0;
+	}
+	d = (struct dirent64 *) (r->buf + r->pos);
+	r->pos += d->d_reclen;
+	*type = d->d_type;
+	return d->d_name;
+#else
+	struct dirent *de;
+
+	errno = 0;
+	de = readdir(r->dir);
+	if (de == NULL)
+	{
+		r->read_errno = errno;
+		return NULL;
+	}
+	*type = de->d_type;
+	return de->d_name;
+#endif
+}
+
 static void
+dir_close(OrphanScan *st, int depth)
+{
+	DirReader  *r = &st->dirs[depth];
+
+#ifdef __linux__
+	close(r->fd);
+#else
+	closedir(r->dir);
+#endif
+	r->fd = -1;
+	ReleaseExternalFD();
+	st->ndirs = depth;
+}
+
+/*
+ * Walk one open directory (st->dirs[depth], whose path relative to
+ * upload_dir is reldir).  Types come from the directory itself (no stat per
+ * file): only temporary files, unreferenced files and subdirectories found
+ * empty are stat'ed.  Returns the number of entries.
+ */
+static int
 scan_dir(OrphanScan *st, const char *reldir, int depth)
 {
-	char		path[MAXPGPATH];
-	DIR		   *dir;
-	struct dirent *de;
+	const char *name;
+	unsigned char type;
 	int			entries = 0;
-	time_t		mtime;
 
-	if (reldir[0])
-		snprintf(path, sizeof(path), "%s/%s", st->root, reldir);
-	else
-		strlcpy(path, st->root, sizeof(path));
-
-	/* AllocateDir'd directories are closed by PostgreSQL if we are cancelled */
-	dir = AllocateDir(path);
-	if (dir == NULL)
-	{
-		st->stats->errors++;
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", reldir[0] ? reldir : "."),
-				 errdetail("Path: \"%s\".", path),
-				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
-		return;
-	}
-	while ((de = ReadDirExtended(dir, path, LOG)) != NULL)
+	while ((name = dir_next(&st->dirs[depth], &type)) != NULL)
 	{
 		char		relpath[MAXPGPATH];
+		Entry		e;
+		struct stat sb;
 
 		CHECK_FOR_INTERRUPTS();
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+		if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
 			continue;
 		entries++;
 		if (reldir[0])
-			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, de->d_name);
+			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, name);
 		else
-			strlcpy(relpath, de->d_name, sizeof(relpath));
+			strlcpy(relpath, name, sizeof(relpath));
+		e.dirfd = st->dirs[depth].fd;
+		e.name = name;
+		e.relpath = relpath;
 
-		switch (entry_type(st, de, relpath))
+		if (type == DT_UNKNOWN)
+		{
+			/* the file system does not say: ask */
+			if (!entry_stat(st, &e, &sb))
+				continue;
+			type = S_ISLNK(sb.st_mode) ? DT_LNK : S_ISDIR(sb.st_mode) ? DT_DIR :
+				S_ISREG(sb.st_mode) ? DT_REG : DT_UNKNOWN;
+		}
+		switch (type)
 		{
 			case DT_LNK:
 				/* never followed, never removed: whatever it points at is not ours */
 				ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
 				break;
 			case DT_DIR:
-				if (depth < CLEANUP_MAX_DEPTH)
-					scan_dir(st, relpath, depth + 1);
+				if (depth + 1 < CLEANUP_MAX_DEPTH)
+					scan_subdir(st, &e, depth);
 				break;
 			case DT_REG:
-				if (is_temporary(relpath))
+				if (is_temporary(name))
 				{
-					if (!entry_mtime(st, relpath, &mtime))
+					if (!entry_stat(st, &e, &sb))
 						break;
-					if (st->now - mtime >= st->tmp_max_age_s)
-						remove_file(st, relpath, "temporary file");
+					if (st->now - sb.st_mtime >= st->tmp_max_age_s)
+						remove_file(st, &e, "temporary file");
 					else
 						st->stats->kept++;
+					break;
+				}
+				if (st->referenced)
+				{
+					if (is_referenced(st, relpath))
+						st->stats->referenced++;
+					else
+						handle_unreferenced(st, &e, false);
 					break;
 				}
 				st->batch[st->nbatch].relpath = MemoryContextStrdup(st->batch_cxt, relpath);
@@ -247,12 +540,46 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 				break;			/* sockets, fifos, devices: not ours */
 		}
 	}
-	FreeDir(dir);
+	if (st->dirs[depth].read_errno != 0)
+	{
+		errno = st->dirs[depth].read_errno;
+		st->stats->errors++;
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_regstage cleanup: could not read directory \"%s\": %m", reldir[0] ? reldir : "."),
+				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
+	}
+	return entries;
+}
 
-	if (entries == 0 && reldir[0] &&
-		entry_mtime(st, reldir, &mtime) && st->now - mtime >= st->max_age_s &&
-		rmdir(path) == 0)
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", reldir)));
+/*
+ * Walk a subdirectory.  One found empty and older than max_age is removed;
+ * one emptied by this run goes in the next (its mtime is now).
+ */
+static void
+scan_subdir(OrphanScan *st, Entry *e, int depth)
+{
+	char		path[MAXPGPATH];
+	struct stat sb;
+	int			entries;
+
+	if (!dir_open(st, depth + 1, e->dirfd, e->name))
+	{
+		full_path(st, e->relpath, path);
+		st->stats->errors++;
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", e->relpath),
+				 errdetail("Path: \"%s\".", path),
+				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
+		return;
+	}
+	entries = scan_dir(st, e->relpath, depth + 1);
+	dir_close(st, depth + 1);
+
+	if (entries == 0 && entry_stat(st, e, &sb) && st->now - sb.st_mtime >= st->max_age_s &&
+		unlinkat(e->dirfd, e->name, AT_REMOVEDIR) == 0)
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", e->relpath)));
 }
 
 void
@@ -260,8 +587,10 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 {
 	OrphanScan  *st = palloc0(sizeof(OrphanScan));
 	Oid			argtypes[1] = {TEXTARRAYOID};
+	Oid			argtypes_text[1] = {TEXTOID};
 	int64		in_db = 0;
 	bool		isnull;
+	MemoryContext set_cxt;
 
 	memset(stats, 0, sizeof(*stats));
 	st->root = upload_check_dir();
@@ -271,6 +600,8 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	st->stats = stats;
 	st->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup batch",
 										  ALLOCSET_DEFAULT_SIZES);
+	set_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup referenced paths",
+									ALLOCSET_DEFAULT_SIZES);
 
 	if (SPI_execute("SELECT count(*) FROM regstage.documents", true, 1) == SPI_OK_SELECT)
 		in_db = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -279,22 +610,56 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 					max_age_s, tmp_max_age_s, in_db),
 			 errdetail("Upload directory: \"%s\".", st->root)));
 
-	st->unreferenced_plan =
-		SPI_prepare("SELECT u.i::int4 FROM unnest($1::text[]) WITH ORDINALITY AS u(p, i) "
-					"WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = u.p) "
-					"ORDER BY u.i",
-					1, argtypes);
-	if (st->unreferenced_plan == NULL)
-		elog(ERROR, "pg_regstage cleanup: could not prepare the lookup: %s", SPI_result_code_string(SPI_result));
+	if (load_referenced(st, in_db, set_cxt))
+	{
+		st->still_unreferenced_plan =
+			SPI_prepare("SELECT 1 FROM regstage.documents WHERE file_path = $1", 1, argtypes_text);
+		if (st->still_unreferenced_plan == NULL)
+			elog(ERROR, "pg_regstage cleanup: could not prepare the lookup: %s", SPI_result_code_string(SPI_result));
+	}
+	else
+	{
+		ereport(DEBUG1,
+				(errmsg("pg_regstage cleanup: " INT64_FORMAT " referenced paths exceed regstage.cleanup_memory; checking files in batches",
+						in_db)));
+		st->unreferenced_plan =
+			SPI_prepare("SELECT u.i::int4 FROM unnest($1::text[]) WITH ORDINALITY AS u(p, i) "
+						"WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = u.p) "
+						"ORDER BY u.i",
+						1, argtypes);
+		if (st->unreferenced_plan == NULL)
+			elog(ERROR, "pg_regstage cleanup: could not prepare the lookup: %s", SPI_result_code_string(SPI_result));
+	}
 
-	scan_dir(st, "", 0);
-	flush_batch(st);
+	st->scan_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup walk",
+										 ALLOCSET_DEFAULT_SIZES);
+	if (!dir_open(st, 0, AT_FDCWD, st->root))
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open upload directory \"%s\": %m", st->root),
+				 errhint("The OS user running PostgreSQL must be able to read it.")));
+	PG_TRY();
+	{
+		(void) scan_dir(st, "", 0);
+		flush_batch(st);
+	}
+	PG_FINALLY();
+	{
+		while (st->ndirs > 0)
+			dir_close(st, st->ndirs - 1);
+	}
+	PG_END_TRY();
+	MemoryContextDelete(st->scan_cxt);
 
 	ereport(LOG,
 			(errmsg("pg_regstage cleanup: finished; deleted " INT64_FORMAT ", kept " INT64_FORMAT ", errors " INT64_FORMAT " (" INT64_FORMAT " referenced files)",
 					stats->deleted, stats->kept, stats->errors, stats->referenced)));
 	MemoryContextDelete(st->batch_cxt);
-	SPI_freeplan(st->unreferenced_plan);
+	MemoryContextDelete(set_cxt);
+	if (st->unreferenced_plan)
+		SPI_freeplan(st->unreferenced_plan);
+	if (st->still_unreferenced_plan)
+		SPI_freeplan(st->still_unreferenced_plan);
 	pfree(st);
 }
 

@@ -31,6 +31,7 @@ char	   *regstage_bot_token = NULL;
 int			regstage_download_timeout_ms = 60000;
 int			regstage_max_file_size = 20 * 1024 * 1024;
 int			regstage_cleanup_interval_s = 3600;
+int			regstage_cleanup_memory_kb = 32768;
 int			regstage_cleanup_max_age_s = 48 * 3600;
 int			regstage_cleanup_tmp_max_age_s = 24 * 3600;
 char	   *regstage_database = NULL;
@@ -209,6 +210,11 @@ regstage_define_gucs(void)
 							"Temporary (partial download) files older than this are deleted by the worker.",
 							NULL, &regstage_cleanup_tmp_max_age_s, 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("regstage.cleanup_memory",
+							"Memory the orphan cleanup may use to hold the referenced paths (8 bytes per documents row).",
+							"With more rows than fit, or 0, it checks each batch of files with an index probe instead (slower, flat memory).",
+							&regstage_cleanup_memory_kb, 32768, 0, MAX_KILOBYTES,
+							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.database",
 							   "Database the cleanup background worker connects to.",
 							   NULL, &regstage_database, "postgres",

@@ -27,6 +27,7 @@ extern int	regstage_max_file_size;
 
 /* cleanup */
 extern int	regstage_cleanup_interval_s;
+extern int	regstage_cleanup_memory_kb;
 extern int	regstage_cleanup_max_age_s;
 extern int	regstage_cleanup_tmp_max_age_s;
 extern char *regstage_database;

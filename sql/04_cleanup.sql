@@ -43,6 +43,18 @@ SELECT regstage_test.try($$SELECT regstage.cleanup_orphans('-1 hour')$$);
 SELECT regstage_test.try($$SELECT regstage.cleanup_orphans(NULL)$$);
 SELECT * FROM regstage_test.sh(format('chmod 755 %s/locked', :'dir'));
 
+-- More referenced paths than regstage.cleanup_memory holds (here: none fit)
+-- are checked in batches instead, with the same outcome
+SHOW regstage.cleanup_memory;
+SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
+	echo test > batch_orphan.jpg && touch -d '3 days ago' batch_orphan.jpg &&
+	echo test > 6002/recent_batch_orphan.jpg $sh$, :'dir'));
+SET regstage.cleanup_memory = 0;
+SELECT * FROM regstage.cleanup_orphans();
+RESET regstage.cleanup_memory;
+SELECT * FROM regstage_test.sh(format('cd %s && find . -type f | sort', :'dir'));
+SELECT * FROM regstage_test.sh(format('rm %s/6002/recent_batch_orphan.jpg', :'dir'));
+
 -- A long scan can be cancelled at any point (statement_timeout here)
 SELECT * FROM regstage_test.sh(format('mkdir -p %s/many && cd %s/many && seq 1 20000 | sed "s/$/.jpg/" | xargs touch', :'dir', :'dir'));
 SET statement_timeout = '20ms';
