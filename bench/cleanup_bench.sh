@@ -34,6 +34,7 @@ INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, 
 	  FROM regstage.users u, (VALUES ('passport'), ('selfie')) v(d);
 VACUUM ANALYZE regstage.documents;
 SQL
+		sync	# the new inodes written out: no writeback during either run
 		find "$dir" >/dev/null	# both runs start from a warm cache
 		local out
 		out=$(psql -qAtX <<SQL
