@@ -34,5 +34,49 @@ bench_relay() {
 		printf '| %d | %.0f | %.1f MB | %.1f MB |\n' "$chats" "$(python3 -c "print($total / ($t1 - $t0))")" "$(python3 -c "print($hwm / 1024)")" "$(python3 -c "print($anon / 1024)")"
 		RATIO+=("relay, $chats chats: $(python3 -c "print('%.0f' % ($total / ($t1 - $t0)))") updates/s (target >= 1000), RSS $(python3 -c "print('%.1f' % ($hwm / 1024))") MB (target <= 10 MB; $(python3 -c "print('%.1f' % ($anon / 1024))") MB private, the rest shared library pages)")
 	done
+	bench_relay_https "$total"
+}
+
+# The same over https, as with the real Telegram: the Python stand-in behind
+# TLS with a throwaway CA (RELAY_CA_FILE).  Its throughput is the Python
+# stand-in's; the figure here is the relay's RSS with TLS in use.
+bench_relay_https() {
+	local total=$1 port=$RELAY_TLS_PORT chats=100
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=regstage bench CA" \
+		-keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
+	mkdir -p "$W/standin-tls"
+	python3 "$SRC/test/standin/botapi_standin.py" --port "$port" --token "$TOKEN" \
+		--tls-cert "$W/tls-cert.pem" --tls-key "$W/tls-key.pem" \
+		--pidfile "$W/standin-tls/standin.pid" >"$W/standin-tls/standin.log" 2>&1 &
+	sleep 1
+	psql -qAtX -c "TRUNCATE regstage.seen_updates" >/dev/null
+	python3 - "$port" "$chats" "$total" "$W/tls-cert.pem" <<'PY'
+import json, ssl, sys, urllib.request
+port, chats, total, ca = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ups = [{"update_id": i + 1, "message": {"message_id": i, "date": 1, "text": "Ivan Petrov",
+        "from": {"id": 5000001 + i % chats, "first_name": "B"}, "chat": {"id": 5000001 + i % chats, "type": "private"}}}
+       for i in range(total)]
+for k in range(0, total, 1000):
+    urllib.request.urlopen(urllib.request.Request("https://127.0.0.1:%d/_test/updates" % port,
+                           data=json.dumps(ups[k:k + 1000]).encode(), method="POST"), timeout=60, context=ctx).read()
+PY
+	local t0 t1 pid hwm anon
+	t0=$(date +%s.%N)
+	TELEGRAM_BOT_TOKEN=$TOKEN TELEGRAM_API_URL=https://127.0.0.1:$port RELAY_CA_FILE=$W/tls-cert.pem \
+	RELAY_LOG_LEVEL=error RELAY_WORKERS=4 DATABASE_URL="host=$W/sock port=$PG_PORT dbname=postgres user=bench_relay" \
+		"$SRC/relay/regstage-relay" 2>>"$W/relay-bench.log" &
+	pid=$!
+	while [ "$(curl -s --cacert "$W/tls-cert.pem" "https://127.0.0.1:$port/_test/calls" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -lt "$total" ]; do
+		sleep 0.5
+		kill -0 $pid || break
+	done
+	t1=$(date +%s.%N)
+	hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+	anon=$(awk '/RssAnon/ {print $2}' /proc/$pid/status)
+	kill -TERM $pid; wait $pid || true
+	stop_pidfile "$W/standin-tls/standin.pid"
+	printf '| %d, over https (Python stand-in) | %.0f | %.1f MB | %.1f MB |\n' "$chats" "$(python3 -c "print($total / ($t1 - $t0))")" "$(python3 -c "print($hwm / 1024)")" "$(python3 -c "print($anon / 1024)")"
+	RATIO+=("relay over https, $chats chats: RSS $(python3 -c "print('%.1f' % ($hwm / 1024))") MB (TLS in use; the throughput is the Python stand-in's)")
 }
 bench_relay

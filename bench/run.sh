@@ -11,7 +11,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 . "$SRC/scripts/lib.sh"
 WHAT=${1:-all}
 W=${REGSTAGE_BENCH_DIR:-/tmp/regstage-bench}
-PG_PORT=25440 REDIS_PORT=26390 API_PORT=28090 FAST_PORT=28091 RELAY_FAST_PORT=28092
+PG_PORT=25440 REDIS_PORT=26390 API_PORT=28090 FAST_PORT=28091 RELAY_FAST_PORT=28092 RELAY_TLS_PORT=28093
 N=${BENCH_N:-2000}		# registrations per round, 64 KiB
 N_LARGE=${BENCH_N_LARGE:-300}	# per round, 1 MiB
 N_LATENCY=${BENCH_N_LATENCY:-400}	# at L = 50 ms
@@ -23,6 +23,7 @@ cleanup() {
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/fast.pid"
 	stop_pidfile "$W/fast-relay.pid"
+	stop_pidfile "$W/standin-tls/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
 }

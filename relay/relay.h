@@ -24,6 +24,8 @@ typedef struct RelayConfig
 	int			max_attempts;	/* handle_update errors before an update is skipped */
 	int			poll_timeout_s; /* getUpdates long-poll timeout */
 	int			log_level;		/* 0 error, 1 info, 2 debug */
+	const char *ca_file;		/* RELAY_CA_FILE: the CAs for the Bot API, or NULL */
+	const char *ca_path;		/* else the system's hashed CA directory, or NULL */
 } RelayConfig;
 
 extern RelayConfig relay_config;

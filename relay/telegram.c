@@ -138,6 +138,16 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 	curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
 	curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, json_body);
 	curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE, (long) strlen(json_body));
+	if (relay_config.ca_file)
+	{
+		curl_easy_setopt(c->curl, CURLOPT_CAINFO, relay_config.ca_file);
+		curl_easy_setopt(c->curl, CURLOPT_CAPATH, NULL);
+	}
+	else if (relay_config.ca_path)
+	{
+		curl_easy_setopt(c->curl, CURLOPT_CAINFO, NULL);
+		curl_easy_setopt(c->curl, CURLOPT_CAPATH, relay_config.ca_path);
+	}
 	curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
 	curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, write_cb);

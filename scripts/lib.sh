@@ -8,7 +8,7 @@ PG_CONFIG=$PG_BIN/pg_config
 export PG_CONFIG
 
 REGSTAGE_PACKAGES="make gcc postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-cron
- libhiredis-dev libcurl4-openssl-dev libssl-dev libjansson-dev libpq-dev redis-server redis-tools
+ libhiredis-dev libcurl4-openssl-dev libssl-dev openssl libjansson-dev libpq-dev redis-server redis-tools
  libipc-run-perl python3 procps curl time clang libclang-rt-14-dev"
 
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }

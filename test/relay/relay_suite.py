@@ -121,6 +121,49 @@ def _():
     wait_for(lambda: env.calls(30006), 10, "next update also served")
 
 
+@case("https", "Bot API over TLS: RELAY_CA_FILE trusts a private CA -> reply; without it the certificate is refused, logged, no reply")
+def _():
+    import json
+    import ssl
+    import urllib.request
+    port, ca = os.environ["RELAY_SUITE_TLS_API_PORT"], os.environ["RELAY_SUITE_TLS_CA"]
+    api = "https://127.0.0.1:%s" % port
+    tls = ssl.create_default_context(cafile=ca)
+
+    def http(path, body=None):
+        req = urllib.request.Request(api + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
+        with urllib.request.urlopen(req, timeout=30, context=tls) as r:
+            return json.loads(r.read())
+
+    def replies(chat):
+        return [c for c in http("/_test/calls") if str(c["params"].get("chat_id")) == str(chat)]
+
+    # update_ids of their own: handle_update remembers the other stand-in's
+    u = text(30501, "/start")
+    u["update_id"] = 950001
+    http("/_test/updates", [u])
+    offset = os.path.getsize(env.relay_log)
+
+    def log_since():
+        with open(env.relay_log) as f:
+            f.seek(offset)
+            return f.read()
+
+    untrusting = Relay(env, extra_env={"TELEGRAM_API_URL": api, "RELAY_CA_FILE": ""})
+    try:
+        wait_for(lambda: "SSL certificate problem" in log_since(), 15, "a certificate error in the log")
+        assert not replies(30501), "a reply through an unverified connection"
+    finally:
+        untrusting.stop()
+    trusting = Relay(env, extra_env={"TELEGRAM_API_URL": api, "RELAY_CA_FILE": ca})
+    try:
+        wait_for(lambda: replies(30501), 15, "the reply over https")
+    finally:
+        trusting.stop()
+
+
 @case("SIGTERM", "in-flight updates finish; exit code 0 within a few seconds")
 def _():
     env.inject([text(30007, "/start")])

@@ -7,12 +7,13 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
 
 W=$REGSTAGE_TEST_DIR/relay
-PG_PORT=25435 API_PORT=28081
+PG_PORT=25435 API_PORT=28081 TLS_API_PORT=28084
 cleanup() {
 	local -
 	set +e
 	pkill -f "regstage-relay-suite-marker" 2>/dev/null
 	stop_pidfile "$W/standin/standin.pid"
+	stop_pidfile "$W/standin-tls/standin.pid"
 	stop_postgres "$W"
 }
 trap cleanup EXIT
@@ -32,6 +33,17 @@ regstage.download_timeout = '30s'
 regstage.cleanup_interval = 0
 "
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"
+# a second stand-in over https, with a certificate of a throwaway CA
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=regstage test CA" \
+	-keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
+mkdir -p "$W/standin-tls"
+python3 "$SRC/test/standin/botapi_standin.py" --port $TLS_API_PORT --token "$TOKEN" \
+	--tls-cert "$W/tls-cert.pem" --tls-key "$W/tls-key.pem" \
+	--pidfile "$W/standin-tls/standin.pid" >"$W/standin-tls/standin.log" 2>&1 &
+for _ in $(seq 50); do
+	curl -s -o /dev/null --cacert "$W/tls-cert.pem" "https://127.0.0.1:$TLS_API_PORT/_test/pending" && break; sleep 0.1
+done
+export RELAY_SUITE_TLS_API_PORT=$TLS_API_PORT RELAY_SUITE_TLS_CA=$W/tls-cert.pem
 export RELAY_SUITE_DIR=$W RELAY_SUITE_PG_PORT=$PG_PORT RELAY_SUITE_API_PORT=$API_PORT
 export RELAY_SUITE_TOKEN=$TOKEN RELAY_SUITE_BIN=$SRC/relay/regstage-relay PG_BIN
 python3 "$SRC/test/relay/relay_suite.py"

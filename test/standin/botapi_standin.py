@@ -311,9 +311,16 @@ def main():
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--token", required=True, help="the only token accepted")
     ap.add_argument("--pidfile")
+    ap.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = ap.parse_args()
     ThreadingHTTPServer.request_queue_size = 1024      # many clients connect at once
     srv = ThreadingHTTPServer((args.bind, args.port), Handler)
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     srv.daemon_threads = True
     srv.state = State(args.token)
     if args.pidfile:
