@@ -311,7 +311,7 @@ start_download(Transfer *t, CURLM *multi, const char *file_path)
 	curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
 	curl_easy_setopt(t->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) regstage_max_file_size);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, download_write_cb);
-	/* one recv and one write() per 256 KiB instead of per 16 KiB */
+	/* receive up to 64 KiB per recv() instead of 16 KiB */
 	curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, DOWNLOAD_BUFFER_SIZE);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	t->wbuf = palloc(DOWNLOAD_BUFFER_SIZE);
@@ -446,7 +446,7 @@ raise_write_error(Transfer *t)
 
 /* The download finished: check status, size and content, record the hash. */
 static void
-on_download_done(Transfer *t, int64 telegram_id)
+on_download_done(Transfer *t)
 {
 	long		status = 0;
 	uint8		digest[32];
@@ -480,7 +480,7 @@ on_download_done(Transfer *t, int64 telegram_id)
 }
 
 static void
-on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi, int64 telegram_id)
+on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi)
 {
 	if (rc == CURLE_WRITE_ERROR || rc == CURLE_FILESIZE_EXCEEDED)
 	{
@@ -502,7 +502,7 @@ on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi, int64 telegram_id)
 	if (t->state == XFER_GETFILE)
 		on_getfile_done(t, multi);
 	else
-		on_download_done(t, telegram_id);
+		on_download_done(t);
 }
 
 /*
@@ -604,7 +604,7 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 				if (msg->msg != CURLMSG_DONE)
 					continue;
 				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
-				on_transfer_done(t, msg->data.result, multi, telegram_id);
+				on_transfer_done(t, msg->data.result, multi);
 				if (t->state == XFER_DONE)
 					pending--;
 			}
