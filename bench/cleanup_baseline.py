@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The seed's way of finding orphans, as the baseline for cleanup_orphans():
-walk the upload folder, stat every file, load every referenced path from the
-database, take the set difference.  Scan only (nothing is deleted), like the
-measured cleanup_orphans(max_age => '1000 days') run.
+list the files under the upload folder, load every referenced path from the
+database, take the set difference, and look at the age (stat) of the
+orphans only — as the seed's log lines show ("Deleted orphaned file: ...
+(age: 3 days)").  Scan only (nothing is deleted), like the measured
+cleanup_orphans(max_age => '1000 days') run.
 
 usage: cleanup_baseline.py UPLOAD_DIR   (PG* environment for psql)
 prints: files  seconds  peak_rss_kb  orphans
@@ -17,15 +19,16 @@ root = sys.argv[1]
 t0 = time.time()
 referenced = set(subprocess.run(["psql", "-AtXc", "SELECT file_path FROM regstage.documents"],
                                 check=True, capture_output=True, text=True).stdout.split("\n"))
-now = time.time()
-files = orphans = 0
+files = set()
 for dirpath, dirnames, filenames in os.walk(root):
+    rel = os.path.relpath(dirpath, root)
     for name in filenames:
-        path = os.path.join(dirpath, name)
-        st = os.stat(path)
-        files += 1
-        rel = os.path.relpath(path, root)
-        if rel not in referenced and now - st.st_mtime > 1000 * 86400:
-            orphans += 1
+        files.add(name if rel == "." else rel + "/" + name)
+now = time.time()
+orphans = 0
+for rel in files - referenced:
+    st = os.stat(os.path.join(root, rel))
+    if now - st.st_mtime > 1000 * 86400:
+        orphans += 1
 elapsed = time.time() - t0
-print(files, "%.2f" % elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, orphans)
+print(len(files), "%.2f" % elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, orphans)
