@@ -6,6 +6,29 @@
 # stand-in would take about a third of the two cores the relay and
 # PostgreSQL are measured on).  Every round starts from update_id 1, so
 # handle_update's memory of seen update_ids is emptied between rounds.
+# Run the relay against API_URL until count_fn (a function printing how many
+# replies the stand-in has seen) reaches TOTAL; sets UPS, HWM_MB, ANON_MB.
+run_relay() {	# api_url total count_fn [VAR=value ...]
+	local api=$1 total=$2 count_fn=$3 t0 t1 pid
+	shift 3
+	t0=$(date +%s.%N)
+	env "$@" TELEGRAM_BOT_TOKEN="$TOKEN" TELEGRAM_API_URL="$api" RELAY_LOG_LEVEL=error RELAY_WORKERS=4 \
+		DATABASE_URL="host=$W/sock port=$PG_PORT dbname=postgres user=bench_relay" \
+		"$SRC/relay/regstage-relay" 2>>"$W/relay-bench.log" &
+	pid=$!
+	while [ "$($count_fn)" -lt "$total" ]; do
+		sleep 0.05
+		kill -0 $pid || break
+	done
+	t1=$(date +%s.%N)
+	UPS=$(python3 -c "print('%.0f' % ($total / ($t1 - $t0)))")
+	HWM_MB=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' /proc/$pid/status)
+	ANON_MB=$(awk '/RssAnon/ {printf "%.1f", $2 / 1024}' /proc/$pid/status)
+	kill -TERM $pid; wait $pid || true
+}
+
+fast_sent() { curl -s "http://127.0.0.1:$RELAY_FAST_PORT/_bench/sent"; }
+
 bench_relay() {
 	local total=${BENCH_RELAY_UPDATES:-3000} port=$RELAY_FAST_PORT
 	printf '\n## relay end to end: %d text-step updates through getUpdates, handle_update and sendMessage\n\n' "$total"
@@ -16,23 +39,10 @@ bench_relay() {
 		psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null
 		"$W/bin/botapi_fast" "$port" "$TOKEN" "$total" "$chats" 5000001 & echo $! >"$W/fast-relay.pid"
 		sleep 0.3
-		local t0 t1 pid hwm anon
-		t0=$(date +%s.%N)
-		TELEGRAM_BOT_TOKEN=$TOKEN TELEGRAM_API_URL=http://127.0.0.1:$port RELAY_LOG_LEVEL=error RELAY_WORKERS=4 \
-		DATABASE_URL="host=$W/sock port=$PG_PORT dbname=postgres user=bench_relay" \
-			"$SRC/relay/regstage-relay" 2>>"$W/relay-bench.log" &
-		pid=$!
-		while [ "$(curl -s "http://127.0.0.1:$port/_bench/sent")" -lt "$total" ]; do
-			sleep 0.05
-			kill -0 $pid || break
-		done
-		t1=$(date +%s.%N)
-		hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-		anon=$(awk '/RssAnon/ {print $2}' /proc/$pid/status)
-		kill -TERM $pid; wait $pid || true
+		run_relay "http://127.0.0.1:$port" "$total" fast_sent
 		stop_pidfile "$W/fast-relay.pid"
-		printf '| %d | %.0f | %.1f MB | %.1f MB |\n' "$chats" "$(python3 -c "print($total / ($t1 - $t0))")" "$(python3 -c "print($hwm / 1024)")" "$(python3 -c "print($anon / 1024)")"
-		RATIO+=("relay, $chats chats: $(python3 -c "print('%.0f' % ($total / ($t1 - $t0)))") updates/s (target >= 1000), RSS $(python3 -c "print('%.1f' % ($hwm / 1024))") MB (target <= 10 MB; $(python3 -c "print('%.1f' % ($anon / 1024))") MB private, the rest shared library pages)")
+		printf '| %d | %s | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
+		RATIO+=("relay, $chats chats: $UPS updates/s (target >= 1000), RSS $HWM_MB MB (target <= 10 MB; $ANON_MB MB private, the rest shared library pages)")
 	done
 	bench_relay_https "$total"
 }
@@ -61,22 +71,13 @@ for k in range(0, total, 1000):
     urllib.request.urlopen(urllib.request.Request("https://127.0.0.1:%d/_test/updates" % port,
                            data=json.dumps(ups[k:k + 1000]).encode(), method="POST"), timeout=60, context=ctx).read()
 PY
-	local t0 t1 pid hwm anon
-	t0=$(date +%s.%N)
-	TELEGRAM_BOT_TOKEN=$TOKEN TELEGRAM_API_URL=https://127.0.0.1:$port RELAY_CA_FILE=$W/tls-cert.pem \
-	RELAY_LOG_LEVEL=error RELAY_WORKERS=4 DATABASE_URL="host=$W/sock port=$PG_PORT dbname=postgres user=bench_relay" \
-		"$SRC/relay/regstage-relay" 2>>"$W/relay-bench.log" &
-	pid=$!
-	while [ "$(curl -s --cacert "$W/tls-cert.pem" "https://127.0.0.1:$port/_test/calls" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -lt "$total" ]; do
-		sleep 0.5
-		kill -0 $pid || break
-	done
-	t1=$(date +%s.%N)
-	hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-	anon=$(awk '/RssAnon/ {print $2}' /proc/$pid/status)
-	kill -TERM $pid; wait $pid || true
+	tls_calls() {
+		curl -s --cacert "$W/tls-cert.pem" "https://127.0.0.1:$RELAY_TLS_PORT/_test/calls" |
+			python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+	}
+	run_relay "https://127.0.0.1:$port" "$total" tls_calls RELAY_CA_FILE="$W/tls-cert.pem"
 	stop_pidfile "$W/standin-tls/standin.pid"
-	printf '| %d, over https (Python stand-in) | %.0f | %.1f MB | %.1f MB |\n' "$chats" "$(python3 -c "print($total / ($t1 - $t0))")" "$(python3 -c "print($hwm / 1024)")" "$(python3 -c "print($anon / 1024)")"
-	RATIO+=("relay over https, $chats chats: RSS $(python3 -c "print('%.1f' % ($hwm / 1024))") MB (TLS in use; the throughput is the Python stand-in's)")
+	printf '| %d, over https (Python stand-in) | %s | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
+	RATIO+=("relay over https, $chats chats: RSS $HWM_MB MB (TLS in use; the throughput is the Python stand-in's)")
 }
 bench_relay
