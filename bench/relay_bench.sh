@@ -52,13 +52,8 @@ bench_relay() {
 # stand-in's; the figure here is the relay's RSS with TLS in use.
 bench_relay_https() {
 	local total=$1 port=$RELAY_TLS_PORT chats=100
-	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=regstage bench CA" \
-		-keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
-	mkdir -p "$W/standin-tls"
-	python3 "$SRC/test/standin/botapi_standin.py" --port "$port" --token "$TOKEN" \
-		--tls-cert "$W/tls-cert.pem" --tls-key "$W/tls-key.pem" \
-		--pidfile "$W/standin-tls/standin.pid" >"$W/standin-tls/standin.log" 2>&1 &
-	sleep 1
+	make_test_cert "$W"
+	start_standin "$W/tls" "$port" "$TOKEN" "$SRC" "$W/tls-cert.pem" "$W/tls-key.pem"
 	psql -qAtX -c "TRUNCATE regstage.seen_updates" >/dev/null
 	python3 - "$port" "$chats" "$total" "$W/tls-cert.pem" <<'PY'
 import json, ssl, sys, urllib.request
@@ -76,7 +71,7 @@ PY
 			python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
 	}
 	run_relay "https://127.0.0.1:$port" "$total" tls_calls RELAY_CA_FILE="$W/tls-cert.pem"
-	stop_pidfile "$W/standin-tls/standin.pid"
+	stop_pidfile "$W/tls/standin/standin.pid"
 	printf '| %d, over https (Python stand-in) | %s | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
 	RATIO+=("relay over https, $chats chats: RSS $HWM_MB MB (TLS in use; the throughput is the Python stand-in's)")
 }

@@ -23,7 +23,7 @@ cleanup() {
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/fast.pid"
 	stop_pidfile "$W/fast-relay.pid"
-	stop_pidfile "$W/standin-tls/standin.pid"
+	stop_pidfile "$W/tls/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
 }

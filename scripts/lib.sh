@@ -98,15 +98,22 @@ stop_pidfile() {	# kill the process named in a pid file, then wait for it
 	rm -f "$f"
 }
 
-start_standin() {	# <dir> <port> <token> <src tree>
-	local W=$1 port=$2 token=$3 src=$4
+start_standin() {	# <dir> <port> <token> <src tree> [<cert> <key>: serve https]
+	local W=$1 port=$2 token=$3 src=$4 cert=${5:-} key=${6:-}
+	local tls=() probe=("http://127.0.0.1:$port/_test/pending")
+	[ -n "$cert" ] && tls=(--tls-cert "$cert" --tls-key "$key") probe=(--cacert "$cert" "https://127.0.0.1:$port/_test/pending")
 	mkdir -p "$W/standin"
-	python3 "$src/test/standin/botapi_standin.py" --port "$port" --token "$token" \
+	python3 "$src/test/standin/botapi_standin.py" --port "$port" --token "$token" "${tls[@]}" \
 		--pidfile "$W/standin/standin.pid" >"$W/standin/standin.log" 2>&1 &
 	for _ in $(seq 50); do
-		curl -s -o /dev/null "http://127.0.0.1:$port/_test/pending" 2>/dev/null && return 0; sleep 0.1
+		curl -s -o /dev/null "${probe[@]}" 2>/dev/null && return 0; sleep 0.1
 	done
 	echo "Bot API stand-in did not start" >&2; return 1
+}
+
+make_test_cert() {	# <dir>: a throwaway self-signed certificate for 127.0.0.1 -> <dir>/tls-cert.pem, tls-key.pem
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=regstage throwaway CA" \
+		-keyout "$1/tls-key.pem" -out "$1/tls-cert.pem" -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
 }
 
 new_token() {	# a random token in Telegram's shape; never printed

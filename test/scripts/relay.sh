@@ -13,7 +13,7 @@ cleanup() {
 	set +e
 	pkill -f "regstage-relay-suite-marker" 2>/dev/null
 	stop_pidfile "$W/standin/standin.pid"
-	stop_pidfile "$W/standin-tls/standin.pid"
+	stop_pidfile "$W/tls/standin/standin.pid"
 	stop_postgres "$W"
 }
 trap cleanup EXIT
@@ -34,15 +34,8 @@ regstage.cleanup_interval = 0
 "
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"
 # a second stand-in over https, with a certificate of a throwaway CA
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=regstage test CA" \
-	-keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
-mkdir -p "$W/standin-tls"
-python3 "$SRC/test/standin/botapi_standin.py" --port $TLS_API_PORT --token "$TOKEN" \
-	--tls-cert "$W/tls-cert.pem" --tls-key "$W/tls-key.pem" \
-	--pidfile "$W/standin-tls/standin.pid" >"$W/standin-tls/standin.log" 2>&1 &
-for _ in $(seq 50); do
-	curl -s -o /dev/null --cacert "$W/tls-cert.pem" "https://127.0.0.1:$TLS_API_PORT/_test/pending" && break; sleep 0.1
-done
+make_test_cert "$W"
+start_standin "$W/tls" $TLS_API_PORT "$TOKEN" "$SRC" "$W/tls-cert.pem" "$W/tls-key.pem"
 export RELAY_SUITE_TLS_API_PORT=$TLS_API_PORT RELAY_SUITE_TLS_CA=$W/tls-cert.pem
 export RELAY_SUITE_DIR=$W RELAY_SUITE_PG_PORT=$PG_PORT RELAY_SUITE_API_PORT=$API_PORT
 export RELAY_SUITE_TOKEN=$TOKEN RELAY_SUITE_BIN=$SRC/relay/regstage-relay PG_BIN
