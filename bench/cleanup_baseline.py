@@ -7,7 +7,7 @@ orphans only — as the seed's log lines show ("Deleted orphaned file: ...
 cleanup_orphans(max_age => '1000 days') run.
 
 usage: cleanup_baseline.py UPLOAD_DIR   (PG* environment for psql)
-prints: files  seconds  peak_rss_kb  orphans
+prints: files  seconds  peak_rss_kb  orphans  kernel_seconds (its system CPU time)
 """
 import os
 import resource
@@ -31,4 +31,5 @@ for rel in files - referenced:
     if now - st.st_mtime > 1000 * 86400:
         orphans += 1
 elapsed = time.time() - t0
-print(len(files), "%.2f" % elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, orphans)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(len(files), "%.2f" % elapsed, usage.ru_maxrss, orphans, "%.2f" % usage.ru_stime)

@@ -35,6 +35,7 @@ build_and_install "$SRC"
 INC=$($PG_CONFIG --includedir) LIB=$($PG_CONFIG --libdir)
 gcc -O2 -Wall -Wextra -Werror -o "$W/bin/commit_bench" "$SRC/bench/commit_bench.c" -I"$INC" -L"$LIB" -lpq -lcrypto -lpthread
 gcc -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -o "$W/bin/botapi_fast" "$SRC/bench/botapi_fast.c" -lpthread
+gcc -O2 -Wall -Wextra -Werror -o "$W/bin/list_floor" "$SRC/bench/list_floor.c"
 
 TOKEN=$(new_token)
 server_owned_dir 0750 "$W/uploads"
@@ -138,6 +139,7 @@ bench_commit() {
 
 RATIO=()
 FIND_NOTE=()
+CEILING=()
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 case "$WHAT" in
 	commit|all) bench_commit ;;
@@ -151,6 +153,6 @@ esac
 case "$WHAT" in
 	relay|all) [ -f "$SRC/bench/relay_bench.sh" ] && . "$SRC/bench/relay_bench.sh" ;;
 esac
-[ ${#FIND_NOTE[@]} -gt 0 ] && { printf '\nthe file system floor (directory traversal only, C):\n'; printf -- '- %s\n' "${FIND_NOTE[@]}"; }
+[ ${#FIND_NOTE[@]} -gt 0 ] && { printf '\nthe floor of a full scan on this file system:\n'; printf -- '- %s\n' "${FIND_NOTE[@]}" "${CEILING[@]}"; }
 printf '\n## ratios\n\n'
 for r in "${RATIO[@]}"; do echo "- $r"; done
