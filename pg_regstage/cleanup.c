@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,7 +30,6 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -37,31 +37,16 @@
 #include "utils/memutils.h"
 
 #include "cleanup.h"
+#include "dirwalk.h"
 #include "guc.h"
 #include "upload.h"
 
 #define CLEANUP_BATCH 1000
-#define CLEANUP_MAX_DEPTH 16
 
 typedef struct Candidate
 {
 	char	   *relpath;
 } Candidate;
-
-#define DIR_BUF_SIZE 32768
-
-typedef struct DirReader
-{
-	int			fd;
-	int			read_errno;
-#ifdef __linux__
-	char	   *buf;			/* getdents64 buffer, DIR_BUF_SIZE */
-	ssize_t		len;
-	ssize_t		pos;
-#else
-	DIR		   *dir;
-#endif
-} DirReader;
 
 /*
  * A file or directory met during the walk: its name in the open directory
@@ -99,8 +84,7 @@ typedef struct OrphanScan
 	MemoryContext batch_cxt;
 
 	/* the open directories, root first */
-	DirReader	dirs[CLEANUP_MAX_DEPTH];
-	int			ndirs;
+	DirWalk		walk;
 	MemoryContext scan_cxt;
 } OrphanScan;
 
@@ -368,104 +352,7 @@ is_temporary(const char *name)
 }
 
 /*
- * Reading one directory through a descriptor opened relative to its parent
- * (O_NOFOLLOW: a directory swapped for a symlink is not entered).  Linux
- * reads entries with getdents64 into a buffer kept per depth; elsewhere
- * fdopendir/readdir.  Open directories are recorded in st->dirs, so an
- * error or a cancel anywhere in the walk still closes them (cleanup_run).
- */
-static bool
-dir_open(OrphanScan *st, int depth, int parent_fd, const char *name)
-{
-	DirReader  *r = &st->dirs[depth];
-	int			fd;
-	int			save_errno;
-
-	ReserveExternalFD();
-	fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (depth > 0 ? O_NOFOLLOW : 0));
-	if (fd < 0)
-		goto fail;
-#ifdef __linux__
-	if (r->buf == NULL)
-		r->buf = MemoryContextAlloc(st->scan_cxt, DIR_BUF_SIZE);
-	r->len = r->pos = 0;
-#else
-	r->dir = fdopendir(fd);
-	if (r->dir == NULL)
-	{
-		save_errno = errno;
-		close(fd);
-		errno = save_errno;
-		goto fail;
-	}
-#endif
-	r->fd = fd;
-	r->read_errno = 0;
-	st->ndirs = depth + 1;
-	return true;
-
-fail:
-	save_errno = errno;
-	ReleaseExternalFD();
-	errno = save_errno;
-	return false;
-}
-
-/* The next entry's name and type (DT_*), or NULL at the end or on an error. */
-static const char *
-dir_next(DirReader *r, unsigned char *type)
-{
-#ifdef __linux__
-	struct dirent64 *d;
-
-	if (r->pos >= r->len)
-	{
-		ssize_t		n = getdents64(r->fd, r->buf, DIR_BUF_SIZE);
-
-		if (n <= 0)
-		{
-			r->read_errno = n < 0 ? errno : 0;
-			return NULL;
-		}
-		r->len = n;
-		r->pos = 0;
-	}
-	d = (struct dirent64 *) (r->buf + r->pos);
-	r->pos += d->d_reclen;
-	*type = d->d_type;
-	return d->d_name;
-#else
-	struct dirent *de;
-
-	errno = 0;
-	de = readdir(r->dir);
-	if (de == NULL)
-	{
-		r->read_errno = errno;
-		return NULL;
-	}
-	*type = de->d_type;
-	return de->d_name;
-#endif
-}
-
-static void
-dir_close(OrphanScan *st, int depth)
-{
-	DirReader  *r = &st->dirs[depth];
-
-#ifdef __linux__
-	close(r->fd);
-#else
-	closedir(r->dir);
-#endif
-	r->fd = -1;
-	ReleaseExternalFD();
-	st->ndirs = depth;
-}
-
-/*
- * Walk one open directory (st->dirs[depth], whose path relative to
+ * Walk one open directory (st->walk at depth, whose path relative to
  * upload_dir is reldir).  Types come from the directory itself (no stat per
  * file): only temporary files, unreferenced files and subdirectories found
  * empty are stat'ed.  Returns the number of entries.
@@ -477,21 +364,19 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 	unsigned char type;
 	int			entries = 0;
 
-	while ((name = dir_next(&st->dirs[depth], &type)) != NULL)
+	while ((name = dirwalk_next(&st->walk, depth, &type)) != NULL)
 	{
 		char		relpath[MAXPGPATH];
 		Entry		e;
 		struct stat sb;
 
 		CHECK_FOR_INTERRUPTS();
-		if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
-			continue;
 		entries++;
 		if (reldir[0])
 			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, name);
 		else
 			strlcpy(relpath, name, sizeof(relpath));
-		e.dirfd = st->dirs[depth].fd;
+		e.dirfd = dirwalk_fd(&st->walk, depth);
 		e.name = name;
 		e.relpath = relpath;
 
@@ -510,7 +395,7 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 				ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
 				break;
 			case DT_DIR:
-				if (depth + 1 < CLEANUP_MAX_DEPTH)
+				if (depth + 1 < DIRWALK_MAX_DEPTH)
 					scan_subdir(st, &e, depth);
 				break;
 			case DT_REG:
@@ -540,9 +425,9 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 				break;			/* sockets, fifos, devices: not ours */
 		}
 	}
-	if (st->dirs[depth].read_errno != 0)
+	if (dirwalk_read_errno(&st->walk, depth) != 0)
 	{
-		errno = st->dirs[depth].read_errno;
+		errno = dirwalk_read_errno(&st->walk, depth);
 		st->stats->errors++;
 		ereport(WARNING,
 				(errcode_for_file_access(),
@@ -563,7 +448,7 @@ scan_subdir(OrphanScan *st, Entry *e, int depth)
 	struct stat sb;
 	int			entries;
 
-	if (!dir_open(st, depth + 1, e->dirfd, e->name))
+	if (!dirwalk_open(&st->walk, depth + 1, e->dirfd, e->name))
 	{
 		full_path(st, e->relpath, path);
 		st->stats->errors++;
@@ -575,7 +460,7 @@ scan_subdir(OrphanScan *st, Entry *e, int depth)
 		return;
 	}
 	entries = scan_dir(st, e->relpath, depth + 1);
-	dir_close(st, depth + 1);
+	dirwalk_close(&st->walk, depth + 1);
 
 	if (entries == 0 && entry_stat(st, e, &sb) && st->now - sb.st_mtime >= st->max_age_s &&
 		unlinkat(e->dirfd, e->name, AT_REMOVEDIR) == 0)
@@ -633,7 +518,8 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 
 	st->scan_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup walk",
 										 ALLOCSET_DEFAULT_SIZES);
-	if (!dir_open(st, 0, AT_FDCWD, st->root))
+	dirwalk_init(&st->walk, st->scan_cxt);
+	if (!dirwalk_open(&st->walk, 0, AT_FDCWD, st->root))
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not open upload directory \"%s\": %m", st->root),
@@ -645,8 +531,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	}
 	PG_FINALLY();
 	{
-		while (st->ndirs > 0)
-			dir_close(st, st->ndirs - 1);
+		dirwalk_close_all(&st->walk);
 	}
 	PG_END_TRY();
 	MemoryContextDelete(st->scan_cxt);
