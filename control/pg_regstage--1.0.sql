@@ -210,20 +210,10 @@ CREATE FUNCTION regstage.purge_stuck_pending()
 RETURNS bigint LANGUAGE sql VOLATILE
 RETURN (SELECT count(*) FROM regstage.purge_stuck_pending(false));
 
--- Every regular file under upload_dir, relative (needs pg_ls_dir: superuser).
+-- Every regular file under upload_dir, relative to it; symbolic links are
+-- neither followed nor listed (the cleanup's walk, no pg_ls_dir).
 CREATE FUNCTION regstage.upload_files()
-RETURNS SETOF text LANGUAGE sql VOLATILE AS $$
-	WITH RECURSIVE walk(rel, isdir) AS (
-		SELECT e, (pg_stat_file(current_setting('regstage.upload_dir') || '/' || e, true)).isdir
-		  FROM pg_ls_dir(current_setting('regstage.upload_dir'), true, false) e
-		UNION ALL
-		SELECT w.rel || '/' || e,
-			   (pg_stat_file(current_setting('regstage.upload_dir') || '/' || w.rel || '/' || e, true)).isdir
-		  FROM walk w, LATERAL pg_ls_dir(current_setting('regstage.upload_dir') || '/' || w.rel, true, false) e
-		 WHERE w.isdir AND w.rel NOT LIKE '%/%/%/%'
-	)
-	SELECT rel FROM walk WHERE NOT isdir
-$$;
+RETURNS SETOF text LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_upload_files';
 
 -- Documents whose file is missing at file_path: find a file of the same
 -- name under upload_dir and (unless dry_run) point the row at it.
@@ -238,7 +228,7 @@ BEGIN
 	TRUNCATE regstage_fix_files;
 	INSERT INTO regstage_fix_files
 		SELECT f, regexp_replace(f, '^.*/', '') FROM regstage.upload_files() f
-		 WHERE f NOT LIKE '.tmp/%';
+		 WHERE f NOT LIKE '%.part';	-- downloads in progress
 	FOR d IN SELECT doc.id, doc.file_path FROM regstage.documents doc
 			  WHERE NOT regstage.document_file_exists(doc.file_path) ORDER BY doc.id
 	LOOP

@@ -35,6 +35,19 @@ SELECT * FROM regstage_test.sh(format('cd %s && find . | sort', :'dir'));
 -- nothing outside upload_dir was touched, through either symlink
 SELECT * FROM regstage_test.sh(format('cd %s-outside && find . -type f | sort', :'dir'));
 
+-- upload_files(): the same walk; regular files only (temporary ones too),
+-- symlinks neither followed nor listed, an unreadable directory a warning.
+-- No pg_ls_dir: a role granted EXECUTE needs no superuser.
+SELECT f FROM regstage.upload_files() f ORDER BY f;
+CREATE ROLE regstage_test_admin;
+GRANT USAGE ON SCHEMA regstage TO regstage_test_admin;
+GRANT EXECUTE ON FUNCTION regstage.upload_files() TO regstage_test_admin;
+SET ROLE regstage_test_admin;
+SELECT count(*) FROM regstage.upload_files();
+RESET ROLE;
+DROP OWNED BY regstage_test_admin;
+DROP ROLE regstage_test_admin;
+
 -- Thresholds are parameters; a second run finds nothing more to delete
 SELECT * FROM regstage.cleanup_orphans('48 hours', '24 hours');
 SELECT * FROM regstage.cleanup_orphans('0', '0');
