@@ -16,7 +16,8 @@
  *   younger orphan              kept (a transaction in flight may own it)
  *   temporary (*.part)          deleted when older than tmp_max_age
  *
- * Per-user directories found empty (and older than max_age) are removed.
+ * Per-user directories this run leaves empty are removed, and those found
+ * empty when older than max_age.
  */
 #include "postgres.h"
 
@@ -88,7 +89,7 @@ typedef struct OrphanScan
 	MemoryContext scan_cxt;
 } OrphanScan;
 
-static void scan_subdir(OrphanScan *st, Entry *e, int depth);
+static bool scan_subdir(OrphanScan *st, Entry *e, int depth);
 
 static uint64
 path_hash(const char *path, size_t len)
@@ -223,7 +224,7 @@ full_path(OrphanScan *st, const char *relpath, char *path)
 	snprintf(path, MAXPGPATH, "%s/%s", st->root, relpath);
 }
 
-static void
+static bool
 remove_file(OrphanScan *st, Entry *e, const char *why)
 {
 	char		path[MAXPGPATH];
@@ -240,16 +241,35 @@ remove_file(OrphanScan *st, Entry *e, const char *why)
 	{
 		st->stats->deleted++;
 		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\"", why, e->relpath)));
+		return true;
 	}
-	else if (errno != ENOENT)
-	{
-		full_path(st, e->relpath, path);
-		st->stats->errors++;
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", e->relpath),
-				 errdetail("Path: \"%s\".", path)));
-	}
+	if (errno == ENOENT)
+		return true;			/* someone else removed it */
+	full_path(st, e->relpath, path);
+	st->stats->errors++;
+	ereport(WARNING,
+			(errcode_for_file_access(),
+			 errmsg("pg_regstage cleanup: could not delete \"%s\": %m", e->relpath),
+			 errdetail("Path: \"%s\".", path)));
+	return false;
+}
+
+/*
+ * Remove the directory of a file just deleted in batch mode, if that left it
+ * empty (rmdir refuses otherwise).  upload_dir itself always stays.
+ */
+static void
+remove_parent_if_empty(OrphanScan *st, const char *relpath)
+{
+	const char *slash = strrchr(relpath, '/');
+	char		path[MAXPGPATH];
+
+	if (slash == NULL)
+		return;
+	snprintf(path, sizeof(path), "%s/%.*s", st->root, (int) (slash - relpath), relpath);
+	if (rmdir(path) == 0)
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed emptied directory \"%.*s\"",
+								(int) (slash - relpath), relpath)));
 }
 
 /* lstat of an entry; false (and counted unless it is gone) on failure */
@@ -284,22 +304,23 @@ entry_stat(OrphanScan *st, Entry *e, struct stat *sb)
  * the last-moment check, unless the caller's check was just made), else
  * kept.
  */
-static void
+static bool
 handle_unreferenced(OrphanScan *st, Entry *e, bool checked_now)
 {
 	struct stat sb;
 
 	if (!entry_stat(st, e, &sb))
-		return;
+		return false;
 	if (st->now - sb.st_mtime < st->max_age_s)
 	{
 		st->stats->kept++;
 		ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\"", e->relpath)));
+		return false;
 	}
-	else if (checked_now || still_unreferenced(st, e->relpath))
-		remove_file(st, e, "orphaned file");
-	else
-		st->stats->referenced++;
+	if (checked_now || still_unreferenced(st, e->relpath))
+		return remove_file(st, e, "orphaned file");
+	st->stats->referenced++;
+	return false;
 }
 
 /*
@@ -335,7 +356,8 @@ flush_batch(OrphanScan *st)
 		Entry		e = {-1, NULL, st->batch[i].relpath};
 
 		CHECK_FOR_INTERRUPTS();
-		handle_unreferenced(st, &e, true);
+		if (handle_unreferenced(st, &e, true))
+			remove_parent_if_empty(st, e.relpath);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	st->nbatch = 0;
@@ -355,15 +377,17 @@ is_temporary(const char *name)
  * Walk one open directory (st->walk at depth, whose path relative to
  * upload_dir is reldir).  Types come from the directory itself (no stat per
  * file): only temporary files, unreferenced files and subdirectories found
- * empty are stat'ed.  Returns the number of entries.
+ * empty are stat'ed.  Returns the number of entries left after this run;
+ * *seen is the number found.
  */
 static int
-scan_dir(OrphanScan *st, const char *reldir, int depth)
+scan_dir(OrphanScan *st, const char *reldir, int depth, int *seen)
 {
 	const char *name;
 	unsigned char type;
 	int			entries = 0;
 
+	*seen = 0;
 	while ((name = dirwalk_next(&st->walk, depth, &type)) != NULL)
 	{
 		char		relpath[MAXPGPATH];
@@ -372,6 +396,7 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 
 		CHECK_FOR_INTERRUPTS();
 		entries++;
+		(*seen)++;
 		if (reldir[0])
 			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, name);
 		else
@@ -395,26 +420,26 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 				ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
 				break;
 			case DT_DIR:
-				if (depth + 1 < DIRWALK_MAX_DEPTH)
-					scan_subdir(st, &e, depth);
+				if (depth + 1 < DIRWALK_MAX_DEPTH && scan_subdir(st, &e, depth))
+					entries--;
 				break;
 			case DT_REG:
 				if (is_temporary(name))
 				{
 					if (!entry_stat(st, &e, &sb))
 						break;
-					if (st->now - sb.st_mtime >= st->tmp_max_age_s)
-						remove_file(st, &e, "temporary file");
-					else
+					if (st->now - sb.st_mtime < st->tmp_max_age_s)
 						st->stats->kept++;
+					else if (remove_file(st, &e, "temporary file"))
+						entries--;
 					break;
 				}
 				if (st->referenced)
 				{
 					if (is_referenced(st, relpath))
 						st->stats->referenced++;
-					else
-						handle_unreferenced(st, &e, false);
+					else if (handle_unreferenced(st, &e, false))
+						entries--;
 					break;
 				}
 				st->batch[st->nbatch].relpath = MemoryContextStrdup(st->batch_cxt, relpath);
@@ -438,15 +463,19 @@ scan_dir(OrphanScan *st, const char *reldir, int depth)
 }
 
 /*
- * Walk a subdirectory.  One found empty and older than max_age is removed;
- * one emptied by this run goes in the next (its mtime is now).
+ * Walk a subdirectory; remove it if this run left it empty.  One found
+ * empty is removed only when older than max_age: a registration may have
+ * just made it (and if the cleanup wins that race anyway, the registration
+ * makes it again: upload_temp_create).  rmdir itself refuses a directory
+ * that got a new entry meanwhile.  Returns whether it was removed.
  */
-static void
+static bool
 scan_subdir(OrphanScan *st, Entry *e, int depth)
 {
 	char		path[MAXPGPATH];
 	struct stat sb;
-	int			entries;
+	int			left;
+	int			seen;
 
 	if (!dirwalk_open(&st->walk, depth + 1, e->dirfd, e->name))
 	{
@@ -457,14 +486,20 @@ scan_subdir(OrphanScan *st, Entry *e, int depth)
 				 errmsg("pg_regstage cleanup: could not open directory \"%s\": %m", e->relpath),
 				 errdetail("Path: \"%s\".", path),
 				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
-		return;
+		return false;
 	}
-	entries = scan_dir(st, e->relpath, depth + 1);
+	left = scan_dir(st, e->relpath, depth + 1, &seen);
 	dirwalk_close(&st->walk, depth + 1);
 
-	if (entries == 0 && entry_stat(st, e, &sb) && st->now - sb.st_mtime >= st->max_age_s &&
-		unlinkat(e->dirfd, e->name, AT_REMOVEDIR) == 0)
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed empty directory \"%s\"", e->relpath)));
+	if (left > 0)
+		return false;
+	if (seen == 0 && !(entry_stat(st, e, &sb) && st->now - sb.st_mtime >= st->max_age_s))
+		return false;
+	if (unlinkat(e->dirfd, e->name, AT_REMOVEDIR) != 0)
+		return false;
+	ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed %s directory \"%s\"",
+							seen == 0 ? "empty" : "emptied", e->relpath)));
+	return true;
 }
 
 void
@@ -526,7 +561,9 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 				 errhint("The OS user running PostgreSQL must be able to read it.")));
 	PG_TRY();
 	{
-		(void) scan_dir(st, "", 0);
+		int			seen;
+
+		(void) scan_dir(st, "", 0, &seen);
 		flush_batch(st);
 	}
 	PG_FINALLY();

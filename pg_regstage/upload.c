@@ -234,6 +234,13 @@ upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *doc_type)
 	/* a transient file is closed by PostgreSQL itself if the transaction aborts */
 	tmp->fd = OpenTransientFilePerm(tmp->path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY,
 									UPLOAD_FILE_MODE);
+	if (tmp->fd < 0 && errno == ENOENT)
+	{
+		/* the cleanup removed the (empty) directory just now: make it again */
+		ensure_dir(userdir);
+		tmp->fd = OpenTransientFilePerm(tmp->path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY,
+										UPLOAD_FILE_MODE);
+	}
 	if (tmp->fd < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),

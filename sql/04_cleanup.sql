@@ -12,7 +12,8 @@ SELECT id, 'passport', 'AgAC_old', '6001/passport-0123456789abcdef.jpg', 5, repe
   FROM regstage.users WHERE telegram_id = 6001;
 
 SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
-	mkdir 6001 6002 6003 .tmp locked &&
+	mkdir 6001 6002 6003 6006 .tmp locked &&
+	echo test > 6006/passport-old.jpg && touch -d '3 days ago' 6006/passport-old.jpg 6006 &&
 	echo test > 6001/passport-0123456789abcdef.jpg && touch -d '3 days ago' 6001/passport-0123456789abcdef.jpg &&
 	echo test > test_orphaned.jpg && touch -d '3 days ago' test_orphaned.jpg &&
 	echo test > 6002/selfie-new.jpg &&
@@ -27,7 +28,8 @@ SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
 
 -- Seed test 4: the old orphan goes, the referenced file of the same age and
 -- the recent orphan stay; an old temporary file goes, a recent one stays;
--- the unreadable directory is an error and the walk goes on.
+-- the unreadable directory is an error and the walk goes on; a per-user
+-- directory found empty (6003) or left empty by the run (6006) goes.
 SET client_min_messages = log;
 SELECT * FROM regstage.cleanup_orphans();
 RESET client_min_messages;
@@ -57,15 +59,16 @@ SELECT regstage_test.try($$SELECT regstage.cleanup_orphans(NULL)$$);
 SELECT * FROM regstage_test.sh(format('chmod 755 %s/locked', :'dir'));
 
 -- More referenced paths than regstage.cleanup_memory holds (here: none fit)
--- are checked in batches instead, with the same outcome
+-- are checked in batches instead, with the same outcome (6007 left empty: gone)
 SHOW regstage.cleanup_memory;
 SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
 	echo test > batch_orphan.jpg && touch -d '3 days ago' batch_orphan.jpg &&
-	echo test > 6002/recent_batch_orphan.jpg $sh$, :'dir'));
+	mkdir 6007 && echo test > 6007/old.jpg && touch -d '3 days ago' 6007/old.jpg &&
+	mkdir -p 6002 && echo test > 6002/recent_batch_orphan.jpg $sh$, :'dir'));
 SET regstage.cleanup_memory = 0;
 SELECT * FROM regstage.cleanup_orphans();
 RESET regstage.cleanup_memory;
-SELECT * FROM regstage_test.sh(format('cd %s && find . -type f | sort', :'dir'));
+SELECT * FROM regstage_test.sh(format('cd %s && find . | sort', :'dir'));
 SELECT * FROM regstage_test.sh(format('rm %s/6002/recent_batch_orphan.jpg', :'dir'));
 
 -- A long scan can be cancelled at any point (statement_timeout here)
