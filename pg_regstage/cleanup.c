@@ -224,10 +224,37 @@ full_path(OrphanScan *st, const char *relpath, char *path)
 	snprintf(path, MAXPGPATH, "%s/%s", st->root, relpath);
 }
 
+/* A threshold as a DBA wrote it: 48h, 90min, 45s (the units of the settings). */
+static char *
+age_text(int64 s)
+{
+	if (s != 0 && s % SECS_PER_HOUR == 0)
+		return psprintf(INT64_FORMAT "h", s / SECS_PER_HOUR);
+	if (s != 0 && s % SECS_PER_MINUTE == 0)
+		return psprintf(INT64_FORMAT "min", s / SECS_PER_MINUTE);
+	return psprintf(INT64_FORMAT "s", s);
+}
+
+/* A file's age, rounded down, for the per-file lines: 3 days, 5 h, 12 min. */
+static const char *
+age_approx(int64 s, char *buf, size_t len)
+{
+	if (s >= 2 * SECS_PER_DAY)
+		snprintf(buf, len, INT64_FORMAT " days", s / SECS_PER_DAY);
+	else if (s >= SECS_PER_HOUR)
+		snprintf(buf, len, INT64_FORMAT " h", s / SECS_PER_HOUR);
+	else if (s >= SECS_PER_MINUTE)
+		snprintf(buf, len, INT64_FORMAT " min", s / SECS_PER_MINUTE);
+	else
+		snprintf(buf, len, INT64_FORMAT " s", Max(s, 0));
+	return buf;
+}
+
 static bool
-remove_file(OrphanScan *st, Entry *e, const char *why)
+remove_file(OrphanScan *st, Entry *e, const char *why, int64 age_s)
 {
 	char		path[MAXPGPATH];
+	char		age[32];
 	int			rc;
 
 	if (e->dirfd >= 0)
@@ -240,7 +267,8 @@ remove_file(OrphanScan *st, Entry *e, const char *why)
 	if (rc == 0)
 	{
 		st->stats->deleted++;
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\"", why, e->relpath)));
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\" (age: %s)",
+								why, e->relpath, age_approx(age_s, age, sizeof(age)))));
 		return true;
 	}
 	if (errno == ENOENT)
@@ -308,17 +336,19 @@ static bool
 handle_unreferenced(OrphanScan *st, Entry *e, bool checked_now)
 {
 	struct stat sb;
+	char		age[32];
 
 	if (!entry_stat(st, e, &sb))
 		return false;
 	if (st->now - sb.st_mtime < st->max_age_s)
 	{
 		st->stats->kept++;
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\"", e->relpath)));
+		ereport(DEBUG1, (errmsg("pg_regstage cleanup: kept recent orphaned file \"%s\" (age: %s)",
+								e->relpath, age_approx(st->now - sb.st_mtime, age, sizeof(age)))));
 		return false;
 	}
 	if (checked_now || still_unreferenced(st, e->relpath))
-		return remove_file(st, e, "orphaned file");
+		return remove_file(st, e, "orphaned file", st->now - sb.st_mtime);
 	st->stats->referenced++;
 	return false;
 }
@@ -430,7 +460,7 @@ scan_dir(OrphanScan *st, const char *reldir, int depth, int *seen)
 						break;
 					if (st->now - sb.st_mtime < st->tmp_max_age_s)
 						st->stats->kept++;
-					else if (remove_file(st, &e, "temporary file"))
+					else if (remove_file(st, &e, "temporary file", st->now - sb.st_mtime))
 						entries--;
 					break;
 				}
@@ -526,8 +556,8 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	if (SPI_execute("SELECT count(*) FROM regstage.documents", true, 1) == SPI_OK_SELECT)
 		in_db = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	ereport(LOG,
-			(errmsg("pg_regstage cleanup: starting (orphans older than " INT64_FORMAT " s, temporary files older than " INT64_FORMAT " s); files in database: " INT64_FORMAT,
-					max_age_s, tmp_max_age_s, in_db),
+			(errmsg("pg_regstage cleanup: starting (orphans older than %s, temporary files older than %s); files in database: " INT64_FORMAT,
+					age_text(max_age_s), age_text(tmp_max_age_s), in_db),
 			 errdetail("Upload directory: \"%s\".", st->root)));
 
 	if (load_referenced(st, in_db, set_cxt))
