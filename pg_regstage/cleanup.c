@@ -330,7 +330,7 @@ entry_stat(OrphanScan *st, Entry *e, struct stat *sb)
 /*
  * A file without a documents row: deleted when older than max_age (after
  * the last-moment check, unless the caller's check was just made), else
- * kept.
+ * kept.  Returns whether it is gone.
  */
 static bool
 handle_unreferenced(OrphanScan *st, Entry *e, bool checked_now)
