@@ -229,6 +229,9 @@ BEGIN
 	INSERT INTO regstage_fix_files
 		SELECT f, regexp_replace(f, '^.*/', '') FROM regstage.upload_files() f
 		 WHERE f NOT LIKE '%.part';	-- downloads in progress
+	-- one lookup by name per missing document: indexed, or it is quadratic
+	CREATE INDEX IF NOT EXISTS regstage_fix_files_name ON regstage_fix_files (name);
+	ANALYZE regstage_fix_files;
 	FOR d IN SELECT doc.id, doc.file_path FROM regstage.documents doc
 			  WHERE NOT regstage.document_file_exists(doc.file_path) ORDER BY doc.id
 	LOOP
