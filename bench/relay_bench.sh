@@ -33,7 +33,7 @@ bench_relay() {
 	local total=${BENCH_RELAY_UPDATES:-3000} port=$RELAY_FAST_PORT
 	printf '\n## relay end to end: %d text-step updates through getUpdates, handle_update and sendMessage\n\n' "$total"
 	printf '| chats | updates/s | relay peak RSS (VmHWM) | of which private (RssAnon) |\n|---|---|---|---|\n'
-	psql -qAtX -c "DO \$\$ BEGIN CREATE ROLE bench_relay LOGIN IN ROLE regstage_bot; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" >/dev/null
+	psql -qAtX -c "DO \$\$ BEGIN CREATE ROLE bench_relay LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$; SELECT regstage.grant_bot_access('bench_relay')" >/dev/null
 	for chats in 1 100 1000; do
 		psql -qAtX -c "TRUNCATE regstage.seen_updates" >/dev/null
 		psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null

@@ -25,6 +25,7 @@ int			regstage_redis_timeout_ms = 2000;
 char	   *regstage_key_prefix = NULL;
 int			regstage_ttl_s = 86400;
 char	   *regstage_required_documents = NULL;
+char	   *regstage_pdf_documents = NULL;
 char	   *regstage_upload_dir = NULL;
 char	   *regstage_telegram_api_url = NULL;
 char	   *regstage_bot_token = NULL;
@@ -175,6 +176,11 @@ regstage_define_gucs(void)
 							   "Comma-separated document types a registration needs, in asking order.",
 							   NULL, &regstage_required_documents, "passport,selfie",
 							   PGC_SUSET, GUC_LIST_INPUT, check_required_documents, NULL, NULL);
+	DefineCustomStringVariable("regstage.pdf_documents",
+							   "Comma-separated document types that may be sent as a PDF file.",
+							   "Every type also takes a photo or an image file.",
+							   &regstage_pdf_documents, "passport,licence,contract",
+							   PGC_SUSET, GUC_LIST_INPUT, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.upload_dir",
 							   "Absolute directory where document files are stored.",
 							   "The PostgreSQL server's OS user must be able to create files in it.",

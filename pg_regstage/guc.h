@@ -17,6 +17,7 @@ extern int	regstage_ttl_s;
 
 /* registration */
 extern char *regstage_required_documents;
+extern char *regstage_pdf_documents;	/* read by the conversation (SQL) */
 
 /* upload store and Bot API */
 extern char *regstage_upload_dir;

@@ -49,7 +49,7 @@ server_owned_dir() {	# mkdir owned by the server user; $1 = mode, rest = dirs
 
 build_and_install() {	# $1 = source tree
 	log "build and install ($1)"
-	make -C "$1" -s PG_CONFIG="$PG_CONFIG"
+	make -C "$1" -s PG_CONFIG="$PG_CONFIG" WERROR="${WERROR:-0}"
 	make -C "$1" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 }
 

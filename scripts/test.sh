@@ -51,7 +51,7 @@ chmod 0755 "$W"
 # A copy of the checkout the server user may write to (results/, tmp_check/).
 mkdir -p "$TREE"
 tar -C "$SRC" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$TREE" -xf -
-build_and_install "$TREE"
+WERROR=1 build_and_install "$TREE"	# warnings are errors here, not for users
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$TREE"
 
 TOKEN=$(new_token)

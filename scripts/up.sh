@@ -67,7 +67,8 @@ export PGHOST=$L/sock PGPORT=$PG_PORT PGUSER=postgres
 psql -qAtX -d postgres -c "CREATE DATABASE regstage" >/dev/null
 psql -qAtX -d regstage -v ON_ERROR_STOP=1 <<SQL >/dev/null
 CREATE EXTENSION pg_regstage;
-CREATE ROLE regstage_relay LOGIN IN ROLE regstage_bot;
+CREATE ROLE regstage_relay LOGIN;
+SELECT regstage.grant_bot_access('regstage_relay');
 SQL
 # the cleanup worker connects to "regstage", which exists now
 as_server_user "$PG_BIN/pg_ctl" -D "$L/pgdata" -w restart -m fast -l "$L/log/postgres.log" >/dev/null

@@ -4,6 +4,7 @@ SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_regstage CASCADE;
 DROP SCHEMA IF EXISTS regstage_test CASCADE;
 RESET client_min_messages;
+CREATE TEMP TABLE roles_before AS SELECT count(*) AS n FROM pg_roles;
 CREATE EXTENSION pg_regstage;
 CREATE SCHEMA regstage_test;
 GRANT USAGE ON SCHEMA regstage_test TO PUBLIC;
@@ -99,10 +100,19 @@ $$;
 
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');
 
--- The schema and the bot role
+-- The schema; the extension creates no role
 SELECT nspname FROM pg_namespace WHERE nspname = 'regstage';
-SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'regstage_bot';
+SELECT count(*) - (SELECT n FROM roles_before) AS roles_made FROM pg_roles;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_regstage';
+
+-- Every table, view and function of the extension explains itself (\d+, \df+)
+SELECT pg_describe_object(classid, objid, 0) AS without_comment
+  FROM pg_depend
+ WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_regstage')
+   AND classid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_namespace'::regclass)
+   AND obj_description(objid, classid::regclass::name) IS NULL
+ ORDER BY 1;
 
 -- Every GUC of the contract, with its unit and context
 SELECT name, setting, unit, context FROM pg_settings
@@ -121,8 +131,9 @@ SET regstage.upload_dir = 'relative/path';
 SET regstage.telegram_api_url = 'ftp://example.org';
 SET regstage.nonexistent = 1;
 
--- Secrets: hidden from a non-superuser, also when the bot role is granted
-CREATE ROLE regstage_test_user LOGIN IN ROLE regstage_bot;
+-- Secrets: hidden from a non-superuser, also when the bot's access is granted
+CREATE ROLE regstage_test_user LOGIN;
+SELECT regstage.grant_bot_access('regstage_test_user');
 SET ROLE regstage_test_user;
 SHOW regstage.bot_token;
 SHOW regstage.redis_password;
@@ -131,12 +142,14 @@ SELECT current_setting('regstage.bot_token');
 SET regstage.upload_dir = '/tmp';
 RESET ROLE;
 SELECT length(current_setting('regstage.bot_token')) > 10 AS superuser_sees_token;
+SELECT regstage.revoke_bot_access('regstage_test_user');
 DROP ROLE regstage_test_user;
 
--- Privileges: PUBLIC gets nothing; regstage_bot can stage and commit but
--- not run admin functions
+-- Privileges: PUBLIC gets nothing; grant_bot_access() lets a role stage and
+-- commit but not run admin functions, revoke_bot_access() takes it back
 CREATE ROLE regstage_test_outsider LOGIN;
-CREATE ROLE regstage_test_bot LOGIN IN ROLE regstage_bot;
+CREATE ROLE regstage_test_bot LOGIN;
+SELECT regstage.grant_bot_access('regstage_test_bot');
 SET ROLE regstage_test_outsider;
 SELECT regstage_test.try('SELECT regstage.staged(1)');
 SELECT regstage_test.try('SELECT count(*) FROM regstage.users');
@@ -151,6 +164,12 @@ SELECT regstage_test.try('SELECT * FROM regstage.cleanup_orphans()');
 SELECT regstage_test.try('SELECT regstage.purge_stuck_pending()');
 SELECT regstage_test.try('UPDATE regstage.users SET status = ''APPROVED''');
 SELECT regstage_test.try('DELETE FROM regstage.documents');
+SELECT regstage_test.try('SELECT regstage.grant_bot_access(''regstage_test_outsider'')');
 RESET ROLE;
+SELECT regstage.revoke_bot_access('regstage_test_bot');
+SET ROLE regstage_test_bot;
+SELECT regstage_test.try('SELECT regstage.missing(1)');
+RESET ROLE;
+-- nothing of the bot's access is left: the role drops without REASSIGN/DROP OWNED
 DROP ROLE regstage_test_outsider;
 DROP ROLE regstage_test_bot;

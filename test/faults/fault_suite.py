@@ -151,7 +151,8 @@ def orphan_count():
 
 # ===========================================================================
 env.sql("CREATE EXTENSION IF NOT EXISTS pg_regstage")
-env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN IN ROLE regstage_bot; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+env.sql("SELECT regstage.grant_bot_access('relay_bot')")
 env.sql("CREATE TABLE IF NOT EXISTS public.payroll (name text, salary int)")
 redis_cli("FLUSHALL")
 

@@ -22,7 +22,8 @@ def registered(tid):
 
 
 env.sql("CREATE EXTENSION IF NOT EXISTS pg_regstage")
-env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN IN ROLE regstage_bot; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+env.sql("SELECT regstage.grant_bot_access('relay_bot')")
 subprocess.run(["redis-cli", "-p", os.environ["REDIS_PORT"], "EVAL",
                 "for _,k in ipairs(redis.call('KEYS','relaysuite:*')) do redis.call('DEL',k) end", "0"],
                capture_output=True)
@@ -98,12 +99,12 @@ def _():
 
 @case("poison update skipped", "handle_update failing (not an outage) is retried RELAY_MAX_ATTEMPTS=3 times, logged, skipped; the chat goes on")
 def _():
-    env.sql("REVOKE EXECUTE ON FUNCTION regstage.handle_update(jsonb) FROM regstage_bot")
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.handle_update(jsonb) FROM relay_bot")
     try:
         uid = env.inject([text(30008, "/start")])["update_ids"][0]
         wait_for(lambda: "update %d: skipped after 3 failed attempts" % uid in open(env.relay_log).read(), 20, "skip")
     finally:
-        env.sql("GRANT EXECUTE ON FUNCTION regstage.handle_update(jsonb) TO regstage_bot")
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.handle_update(jsonb) TO relay_bot")
     env.inject([text(30008, "/start")])
     wait_for(lambda: env.calls(30008), 10, "the next update of the same chat is served")
     assert len(env.calls(30008)) == 1

@@ -1,0 +1,56 @@
+-------------------------------------------------------------------------------
+-- What \d+ and \df+ say: every table, view and function of the extension.
+-- (sql/00_setup.sql checks that none is left without a comment.)
+-------------------------------------------------------------------------------
+COMMENT ON SCHEMA regstage IS 'pg_regstage: Redis-staged Telegram registrations';
+
+COMMENT ON TABLE regstage.users IS 'registered users; a row exists only together with all its documents';
+COMMENT ON TABLE regstage.documents IS 'document files of a user; file_path is relative to regstage.upload_dir';
+COMMENT ON TABLE regstage.messages IS 'bot texts per language; INSERT a language''s rows to offer it (missing keys fall back to en); kept by pg_dump';
+COMMENT ON TABLE regstage.default_messages IS 'the texts this release ships; read-only reference for messages (rows equal to these are not dumped)';
+COMMENT ON TABLE regstage.seen_updates IS 'update_ids handle_update() has applied (two days), so a redelivered update is applied once';
+COMMENT ON VIEW regstage.stuck_pending IS 'PENDING users without a single document (left by a registration that saved the user before its documents)';
+COMMENT ON VIEW regstage.pending_review IS 'PENDING users with their documents and whether each file is on disk';
+
+-- Staging (C, one Redis round trip each)
+COMMENT ON FUNCTION regstage.stage_language(bigint, text) IS 'stages the chosen language; refreshes the TTL';
+COMMENT ON FUNCTION regstage.stage_user_data(bigint, jsonb) IS 'merges full_name, phone, username, email into the staged data; refreshes the TTL';
+COMMENT ON FUNCTION regstage.stage_document(bigint, text, text) IS 'stages a document type''s Telegram file_id; refreshes the TTL';
+COMMENT ON FUNCTION regstage.stage_text_answer(bigint, text, text) IS 'stages a typed answer as full_name or phone, whichever is missing first; returns the staged state';
+COMMENT ON FUNCTION regstage.staged(bigint) IS 'what is staged: language, data, documents, ttl; NULL when nothing is';
+COMMENT ON FUNCTION regstage.missing(bigint) IS 'what a registration still needs, in asking order';
+COMMENT ON FUNCTION regstage.missing_from(jsonb) IS 'missing() over a staged() value already at hand';
+COMMENT ON FUNCTION regstage.is_registration_complete(bigint) IS 'true when nothing is missing';
+COMMENT ON FUNCTION regstage.extend_ttl(bigint) IS 'refreshes the TTL of the staged keys; false when nothing is staged';
+COMMENT ON FUNCTION regstage.clear_registration(bigint) IS 'deletes the staged keys; false when nothing was staged';
+COMMENT ON FUNCTION regstage.normalize_phone(text) IS 'a phone number in E.164 (+ and up to 15 digits), or an error';
+
+-- Commit and files (C)
+COMMENT ON FUNCTION regstage.commit_registration(bigint) IS 'downloads the staged documents and inserts the user and documents in the caller''s transaction; returns users.id';
+COMMENT ON FUNCTION regstage.cleanup_orphans(interval, interval) IS 'deletes files under upload_dir no documents row references (older than max_age) and partial downloads (older than tmp_max_age)';
+COMMENT ON FUNCTION regstage.document_file_exists(text) IS 'is there a regular file at this path relative to upload_dir (no escape outside it)';
+COMMENT ON FUNCTION regstage.upload_files() IS 'every regular file under upload_dir, relative to it; symbolic links neither followed nor listed';
+
+-- Migration and review
+COMMENT ON FUNCTION regstage.purge_stuck_pending(boolean) IS 'lists (dry_run) or deletes the users of stuck_pending';
+COMMENT ON FUNCTION regstage.purge_stuck_pending() IS 'deletes the users of stuck_pending; returns how many';
+COMMENT ON FUNCTION regstage.fix_document_paths(boolean) IS 'points documents rows whose file is missing at the one file of the same name under upload_dir';
+
+-- Conversation
+COMMENT ON FUNCTION regstage.handle_update(jsonb) IS 'the whole conversation: one Telegram update in, the Bot API calls to make out (jsonb array); applies an update_id once';
+COMMENT ON FUNCTION regstage.handle_message(jsonb) IS 'conversation: a message from a private chat';
+COMMENT ON FUNCTION regstage.handle_callback(jsonb) IS 'conversation: an inline button press';
+COMMENT ON FUNCTION regstage.answer_text(bigint, bigint, text, jsonb) IS 'conversation: a typed answer staged where the conversation stands';
+COMMENT ON FUNCTION regstage.after_staging(bigint, bigint, text, text[], text, boolean) IS 'conversation: the next question, or the commit when nothing is missing';
+COMMENT ON FUNCTION regstage.finish_registration(bigint, bigint, text, boolean) IS 'conversation: commit_registration in a subtransaction and the user''s answer';
+COMMENT ON FUNCTION regstage.ask(bigint, text, text, boolean) IS 'conversation: the question for a missing item';
+COMMENT ON FUNCTION regstage.ask_document_again(bigint, text, text) IS 'conversation: not a usable photo or file, ask again';
+COMMENT ON FUNCTION regstage.accepts_pdf(text) IS 'does this document type take a PDF file (regstage.pdf_documents)';
+COMMENT ON FUNCTION regstage.document_file_id(jsonb, boolean) IS 'the file_id of the largest photo, or of an image (or PDF) document; NULL otherwise';
+COMMENT ON FUNCTION regstage.msg(text, text) IS 'a text in a language, falling back to en, then to the key';
+COMMENT ON FUNCTION regstage.send_message_call(bigint, text, jsonb) IS 'one sendMessage call as jsonb (builds it; queues nothing)';
+COMMENT ON FUNCTION regstage.language_keyboard() IS 'inline keyboard with every language that has texts';
+COMMENT ON FUNCTION regstage.guess_language(text) IS 'the language to greet a sender in before they chose one';
+COMMENT ON FUNCTION regstage.is_outage(text) IS 'is this SQLSTATE an outage (retry, do not count an attempt) rather than a failure of the update';
+COMMENT ON SEQUENCE regstage.users_id_seq IS 'users.id (kept by pg_dump with the rows)';
+COMMENT ON SEQUENCE regstage.documents_id_seq IS 'documents.id (kept by pg_dump with the rows)';
