@@ -26,6 +26,8 @@ char	   *regstage_key_prefix = NULL;
 int			regstage_ttl_s = 86400;
 char	   *regstage_required_documents = NULL;
 char	   *regstage_pdf_documents = NULL;
+int			regstage_max_attempts = 5;
+int			regstage_retention_s = 7 * 86400;
 char	   *regstage_upload_dir = NULL;
 char	   *regstage_telegram_api_url = NULL;
 char	   *regstage_bot_token = NULL;
@@ -181,6 +183,16 @@ regstage_define_gucs(void)
 							   "Every type also takes a photo or an image file.",
 							   &regstage_pdf_documents, "passport,licence,contract",
 							   PGC_SUSET, GUC_LIST_INPUT, NULL, NULL, NULL);
+	DefineCustomIntVariable("regstage.max_attempts",
+							"Failed attempts after which an inbox update is parked as failed.",
+							"Outages (regstage.is_outage) never count as attempts.",
+							&regstage_max_attempts, 5, 1, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("regstage.retention",
+							"Age after which processed inbox rows and sent outbox rows are deleted.",
+							"Failed rows stay until someone handles them.",
+							&regstage_retention_s, 7 * 86400, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.upload_dir",
 							   "Absolute directory where document files are stored.",
 							   "The PostgreSQL server's OS user must be able to create files in it.",

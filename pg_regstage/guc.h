@@ -19,6 +19,10 @@ extern int	regstage_ttl_s;
 extern char *regstage_required_documents;
 extern char *regstage_pdf_documents;	/* read by the conversation (SQL) */
 
+/* inbox and outbox (read by their SQL functions) */
+extern int	regstage_max_attempts;
+extern int	regstage_retention_s;
+
 /* upload store and Bot API */
 extern char *regstage_upload_dir;
 extern char *regstage_telegram_api_url;

@@ -2,8 +2,9 @@
  * worker.c — the orphan-cleanup background worker.
  *
  * Registered when pg_regstage is in shared_preload_libraries.  Every
- * regstage.cleanup_interval it runs cleanup_run() in its own transaction
- * in regstage.database.  The canonical loop (worker_spi, autoprewarm):
+ * regstage.cleanup_interval it runs cleanup_run(), then the retention purge
+ * of the inbox and outbox (regstage.purge_processed()), each in its own
+ * transaction, in regstage.database.  The canonical loop (worker_spi, autoprewarm):
  * wait on the latch, reset it, serve interrupts, reload the configuration,
  * work.  SIGUSR1 keeps PostgreSQL's handler so ProcSignalBarriers (DROP
  * DATABASE) are served; an error in one run is logged and the loop goes on.
@@ -63,9 +64,47 @@ extension_installed(void)
 	return found;
 }
 
-/* One cleanup run in its own transaction; errors are logged, not fatal. */
+/* The cleanup of orphaned files. */
 static void
-worker_run_once(void)
+run_cleanup(void)
+{
+	CleanupStats stats;
+
+	cleanup_run(regstage_cleanup_max_age_s, regstage_cleanup_tmp_max_age_s, &stats);
+}
+
+/*
+ * Retention of the inbox and outbox: the SQL function decides what goes,
+ * so pg_cron can schedule the same call.  An install not yet updated to a
+ * release with the inbox has no such function: nothing to purge.
+ */
+static void
+run_purge(void)
+{
+	if (SPI_execute("SELECT 1 FROM pg_proc WHERE proname = 'purge_processed'"
+					" AND pronamespace = 'regstage'::regnamespace", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up regstage.purge_processed");
+	if (SPI_processed == 0)
+		return;
+	if (SPI_execute("SELECT inbox_deleted, outbox_deleted FROM regstage.purge_processed()",
+					false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "regstage.purge_processed() returned no row");
+	{
+		bool		isnull;
+		int64		inbox = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		outbox = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (inbox > 0 || outbox > 0)
+			ereport(LOG,
+					(errmsg("pg_regstage retention: deleted " INT64_FORMAT " processed inbox rows and "
+							INT64_FORMAT " sent outbox rows older than %d s",
+							inbox, outbox, regstage_retention_s)));
+	}
+}
+
+/* One job in its own transaction; errors are logged, not fatal. */
+static void
+worker_run_once(const char *what, void (*job) (void))
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 
@@ -73,15 +112,13 @@ worker_run_once(void)
 	StartTransactionCommand();
 	PG_TRY();
 	{
-		CleanupStats stats;
-
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "pg_regstage: cleanup of orphaned files");
+		pgstat_report_activity(STATE_RUNNING, what);
 		if (extension_installed())
-			cleanup_run(regstage_cleanup_max_age_s, regstage_cleanup_tmp_max_age_s, &stats);
+			job();
 		else
-			elog(DEBUG1, "pg_regstage cleanup: extension not installed in database \"%s\"", regstage_database);
+			elog(DEBUG1, "pg_regstage: extension not installed in database \"%s\"", regstage_database);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -96,7 +133,7 @@ worker_run_once(void)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		ereport(LOG,
-				(errmsg("pg_regstage cleanup run failed: %s", edata->message),
+				(errmsg("%s failed: %s", what, edata->message),
 				 edata->hint ? errhint("%s", edata->hint) : 0));
 		FreeErrorData(edata);
 	}
@@ -150,7 +187,8 @@ regstage_worker_main(Datum arg)
 		if (regstage_cleanup_interval_s <= 0 || GetCurrentTimestamp() < next_run)
 			continue;
 
-		worker_run_once();
+		worker_run_once("pg_regstage cleanup run", run_cleanup);
+		worker_run_once("pg_regstage retention purge", run_purge);
 		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											   (int64) regstage_cleanup_interval_s * 1000);
 	}

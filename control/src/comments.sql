@@ -54,3 +54,23 @@ COMMENT ON FUNCTION regstage.guess_language(text) IS 'the language to greet a se
 COMMENT ON FUNCTION regstage.is_outage(text) IS 'is this SQLSTATE an outage (retry, do not count an attempt) rather than a failure of the update';
 COMMENT ON SEQUENCE regstage.users_id_seq IS 'users.id (kept by pg_dump with the rows)';
 COMMENT ON SEQUENCE regstage.documents_id_seq IS 'documents.id (kept by pg_dump with the rows)';
+
+-- Inbox and outbox
+COMMENT ON TABLE regstage.inbox IS 'every Telegram update received, raw; pending -> done, or failed with its error';
+COMMENT ON TABLE regstage.outbox IS 'every Bot API call decided, written in the deciding transaction; pending -> sent, or failed';
+COMMENT ON SEQUENCE regstage.outbox_id_seq IS 'outbox.id: the order calls of one chat go out in';
+COMMENT ON VIEW regstage.failed_updates IS 'updates parked as failed (after regstage.max_attempts, or undecodable), with SQLSTATE and error';
+COMMENT ON VIEW regstage.queue_status IS 'inbox and outbox now: pending, waiting for a retry, failed, oldest pending, retried';
+COMMENT ON FUNCTION regstage.update_chat_id(jsonb) IS 'the chat an update belongs to (the order key of the inbox)';
+COMMENT ON FUNCTION regstage.inbox_decode() IS 'trigger: decodes a raw update as it is stored; parks what cannot be decoded';
+COMMENT ON FUNCTION regstage.store_updates(bigint[], bytea[]) IS 'stores raw updates in the inbox in the caller''s transaction; returns how many were new';
+COMMENT ON FUNCTION regstage.process_next() IS 'applies the oldest due update of one chat and queues its replies; NULL when nothing is due';
+COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';
+COMMENT ON FUNCTION regstage.retry_update(bigint) IS 're-queues an update parked as failed; false when there is none';
+COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body a decodable update with this update_id';
+COMMENT ON FUNCTION regstage.queue_call(text, jsonb, bigint) IS 'queues a Bot API call in the caller''s transaction; delivered only if it commits';
+COMMENT ON FUNCTION regstage.send_message(bigint, text, jsonb) IS 'queues a sendMessage in the caller''s transaction; delivered only if it commits';
+COMMENT ON FUNCTION regstage.outbox_notify() IS 'trigger: wakes the senders when calls are queued (at commit)';
+COMMENT ON FUNCTION regstage.outbox_claim(integer, interval) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease';
+COMMENT ON FUNCTION regstage.outbox_report(bigint, integer, text, integer) IS 'records what the Bot API answered for a claimed call: sent, retry later, or failed';
+COMMENT ON FUNCTION regstage.purge_processed(interval) IS 'deletes done inbox rows and sent outbox rows older than regstage.retention';

@@ -328,7 +328,29 @@ BEGIN
 END
 $$;
 
--- The whole conversation: one Telegram update in, the Bot API calls to make out.
+-- One decoded update to the conversation: the Bot API calls it answers
+-- with.  No dedupe and no error handling: its callers do both
+-- (handle_update for a caller driving the conversation itself, process_next
+-- for the inbox).
+CREATE OR REPLACE FUNCTION regstage.dispatch_update(update jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+	IF jsonb_typeof(update->'message') = 'object'
+	   AND update->'message'->'chat'->>'type' = 'private'
+	   AND jsonb_typeof(update->'message'->'from'->'id') = 'number'
+	   AND (update->'message'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN
+		RETURN regstage.handle_message(update->'message');
+	ELSIF jsonb_typeof(update->'callback_query') = 'object'
+	   AND jsonb_typeof(update->'callback_query'->'from'->'id') = 'number'
+	   AND (update->'callback_query'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN
+		RETURN regstage.handle_callback(update->'callback_query');
+	END IF;
+	RETURN '[]';		-- groups, channels, edits and other kinds
+END
+$$;
+
+-- The whole conversation: one Telegram update in, the Bot API calls to make
+-- out (nothing is queued: the caller performs them).
 CREATE OR REPLACE FUNCTION regstage.handle_update(update jsonb)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -344,31 +366,21 @@ BEGIN
 	END IF;
 	update_id := (update->>'update_id')::bigint;
 
+	-- seen before, here or through the inbox: applied once
 	INSERT INTO regstage.seen_updates (update_id) VALUES (update_id) ON CONFLICT DO NOTHING;
 	IF NOT FOUND THEN
-		RETURN '[]';			-- redelivered: already handled
+		RETURN '[]';
 	END IF;
 	IF update_id % 1000 = 0 THEN
 		DELETE FROM regstage.seen_updates WHERE seen_at < now() - interval '2 days';
 	END IF;
 
 	BEGIN
-		IF jsonb_typeof(update->'message') = 'object'
-		   AND update->'message'->'chat'->>'type' = 'private'
-		   AND jsonb_typeof(update->'message'->'from'->'id') = 'number'
-		   AND (update->'message'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN
-			result := regstage.handle_message(update->'message');
-		ELSIF jsonb_typeof(update->'callback_query') = 'object'
-		   AND jsonb_typeof(update->'callback_query'->'from'->'id') = 'number'
-		   AND (update->'callback_query'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN
-			result := regstage.handle_callback(update->'callback_query');
-		ELSE
-			result := '[]';		-- groups, channels, edits and other kinds
-		END IF;
+		result := regstage.dispatch_update(update);
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
 		IF regstage.is_outage(state) THEN
-			RAISE;				-- the relay keeps the update and retries
+			RAISE;				-- the caller keeps the update and retries
 		END IF;
 		RAISE WARNING 'pg_regstage: update % ignored (%): %', update_id, state, message;
 		result := '[]';
@@ -376,4 +388,3 @@ BEGIN
 	RETURN result;
 END
 $$;
-

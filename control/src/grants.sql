@@ -27,7 +27,13 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.normalize_phone(text)'),
 		   ('regstage.is_outage(text)'),
 		   ('regstage.commit_registration(bigint)'),
-		   ('regstage.handle_update(jsonb)')
+		   ('regstage.handle_update(jsonb)'),
+		   ('regstage.store_updates(bigint[], bytea[])'),
+		   ('regstage.process_next()'),
+		   ('regstage.outbox_claim(integer, interval)'),
+		   ('regstage.outbox_report(bigint, integer, text, integer)'),
+		   ('regstage.send_message(bigint, text, jsonb)'),
+		   ('regstage.queue_call(text, jsonb, bigint)')
 $$;
 COMMENT ON FUNCTION regstage.bot_functions() IS
 	'the functions grant_bot_access() grants and revoke_bot_access() revokes';

@@ -1,0 +1,323 @@
+-------------------------------------------------------------------------------
+-- Inbox and outbox: what the relay (or any other client) calls.
+--
+--   receive   store_updates(ids, bodies)   one transaction per getUpdates
+--                                           batch or webhook POST
+--   process   process_next()               one update of one chat, its state
+--                                           change and its replies in one
+--                                           transaction
+--   send      outbox_claim() / outbox_report()
+--   any SQL   send_message(), queue_call()  delivered only if it commits
+--
+-- Order per chat comes from the database: a processor (or sender) takes only
+-- the oldest pending row of a chat, locked FOR UPDATE SKIP LOCKED, so any
+-- number of them, in any number of processes, never run two rows of one chat
+-- at once and never skip ahead.
+-------------------------------------------------------------------------------
+
+-- The conversation a Telegram update belongs to (a private chat's id is its
+-- user's id); NULL when it has none (channel posts, polls ...).
+CREATE OR REPLACE FUNCTION regstage.update_chat_id(update jsonb)
+RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+	SELECT CASE WHEN id ~ '^-?[0-9]{1,18}$' THEN id::bigint END
+	  FROM (SELECT coalesce(
+			update->'callback_query'->'from'->>'id',
+			update->'message'->'chat'->>'id',
+			update->'edited_message'->'chat'->>'id',
+			update->'my_chat_member'->'chat'->>'id',
+			update->'channel_post'->'chat'->>'id') AS id) s
+$$;
+
+-- BEFORE INSERT on inbox: decode the raw body once.  What cannot be decoded
+-- (not UTF-8, not JSON, a \u0000 jsonb refuses, not an object, a body whose
+-- update_id is not the row's) is parked at once with the reason: it never
+-- blocks anything.
+CREATE OR REPLACE FUNCTION regstage.inbox_decode()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	upd jsonb;
+	state text;
+	message text;
+BEGIN
+	BEGIN
+		upd := convert_from(NEW.body, 'UTF8')::jsonb;
+		IF jsonb_typeof(upd) <> 'object' THEN
+			RAISE EXCEPTION 'not a JSON object but %', jsonb_typeof(upd) USING ERRCODE = 'invalid_text_representation';
+		END IF;
+		IF (upd->>'update_id') IS DISTINCT FROM NEW.update_id::text THEN
+			RAISE EXCEPTION 'its update_id is % (stored as %)', coalesce(upd->>'update_id', 'missing'), NEW.update_id
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		NEW.chat_id := regstage.update_chat_id(upd);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+		NEW.status := 'failed';
+		NEW.sqlstate := state;
+		NEW.last_error := 'undecodable update: ' || message;
+		NEW.processed_at := now();
+		RAISE WARNING 'pg_regstage: update % parked: undecodable (%): %', NEW.update_id, state, message;
+	END;
+	RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER inbox_decode
+	BEFORE INSERT ON regstage.inbox
+	FOR EACH ROW EXECUTE FUNCTION regstage.inbox_decode();
+
+-- Receive: the raw updates of one batch, in one transaction; an update_id
+-- stored before is ignored.  Returns how many were new.
+CREATE OR REPLACE FUNCTION regstage.store_updates(update_ids bigint[], bodies bytea[])
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	stored integer;
+BEGIN
+	IF cardinality(update_ids) IS DISTINCT FROM cardinality(bodies) THEN
+		RAISE EXCEPTION 'store_updates: % update_ids but % bodies', cardinality(update_ids), cardinality(bodies)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO regstage.inbox (update_id, body)
+	SELECT u.id, u.body FROM unnest(update_ids, bodies) AS u(id, body)
+	 WHERE u.id IS NOT NULL AND u.body IS NOT NULL
+	ON CONFLICT (update_id) DO NOTHING;
+	GET DIAGNOSTICS stored = ROW_COUNT;
+	IF stored > 0 THEN
+		PERFORM pg_notify('regstage_inbox', '');	-- sent at commit: processors wake
+	END IF;
+	RETURN stored;
+END
+$$;
+
+-- Process: claim the oldest due update of a chat no one else is processing,
+-- apply it, write its Bot API calls to the outbox, mark it done — all in the
+-- caller's transaction.  A failure is retried with backoff and parked after
+-- regstage.max_attempts; an outage (is_outage) is retried without counting.
+-- Returns the update_id handled, or NULL when nothing is due.
+CREATE OR REPLACE FUNCTION regstage.process_next()
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	u record;
+	calls jsonb;
+	state text;
+	message text;
+	max_attempts integer := current_setting('regstage.max_attempts')::integer;
+BEGIN
+	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO u
+	  FROM regstage.inbox i
+	 WHERE i.status = 'pending' AND i.next_attempt_at <= now()
+	   AND NOT EXISTS (SELECT 1 FROM regstage.inbox e
+						WHERE e.status = 'pending' AND e.chat_id = i.chat_id AND e.update_id < i.update_id)
+	 ORDER BY i.update_id
+	 LIMIT 1
+	 FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+
+	BEGIN
+		-- applied once, however it arrived (handle_update shares seen_updates)
+		INSERT INTO regstage.seen_updates (update_id) VALUES (u.update_id) ON CONFLICT DO NOTHING;
+		IF FOUND THEN
+			calls := regstage.dispatch_update(convert_from(u.body, 'UTF8')::jsonb);
+		ELSE
+			calls := '[]';
+		END IF;
+		INSERT INTO regstage.outbox (chat_id, method, params, update_id)
+		SELECT coalesce(CASE WHEN c->'params'->>'chat_id' ~ '^-?[0-9]{1,18}$'
+							 THEN (c->'params'->>'chat_id')::bigint END, u.chat_id),
+			   c->>'method', coalesce(c->'params', '{}'), u.update_id
+		  FROM jsonb_array_elements(calls) WITH ORDINALITY AS a(c, n)
+		 ORDER BY n;
+		UPDATE regstage.inbox SET status = 'done', attempts = attempts + 1, processed_at = now(),
+			   sqlstate = NULL, last_error = NULL
+		 WHERE update_id = u.update_id;
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+		IF regstage.is_outage(state) THEN
+			UPDATE regstage.inbox SET next_attempt_at = now() + interval '5 seconds',
+				   sqlstate = state, last_error = message
+			 WHERE update_id = u.update_id;
+			RAISE LOG 'pg_regstage: update % waits for an outage to end (%): %', u.update_id, state, message;
+		ELSIF u.attempts + 1 >= max_attempts THEN
+			UPDATE regstage.inbox SET status = 'failed', attempts = attempts + 1, processed_at = now(),
+				   sqlstate = state, last_error = message
+			 WHERE update_id = u.update_id;
+			RAISE WARNING 'pg_regstage: update % parked after % failed attempts (%): %',
+				u.update_id, u.attempts + 1, state, message;
+		ELSE
+			UPDATE regstage.inbox SET attempts = attempts + 1, sqlstate = state, last_error = message,
+				   next_attempt_at = now() + least(power(2, u.attempts + 1), 300) * interval '1 second'
+			 WHERE update_id = u.update_id;
+			RAISE LOG 'pg_regstage: update % failed, attempt % of % (%): %',
+				u.update_id, u.attempts + 1, max_attempts, state, message;
+		END IF;
+	END;
+	RETURN u.update_id;
+END
+$$;
+
+-- Re-queue a parked (or any) update: processed again as if new.
+CREATE OR REPLACE FUNCTION regstage.retry_update(id bigint)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE regstage.inbox i SET status = 'pending', attempts = 0, next_attempt_at = now(),
+		   processed_at = NULL, sqlstate = NULL, last_error = NULL
+	 WHERE i.update_id = retry_update.id AND i.status = 'failed';
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	-- a parked undecodable body stays undecodable: decode again, park again
+	UPDATE regstage.inbox i SET status = 'failed', processed_at = now(),
+		   sqlstate = '22P02', last_error = 'undecodable update (retried)'
+	 WHERE i.update_id = retry_update.id
+	   AND NOT regstage.body_is_update(i.body, i.update_id);
+	DELETE FROM regstage.seen_updates s WHERE s.update_id = retry_update.id;
+	PERFORM pg_notify('regstage_inbox', '');
+	RETURN true;
+END
+$$;
+
+-- Is this raw body a decodable update with this update_id?
+CREATE OR REPLACE FUNCTION regstage.body_is_update(body bytea, update_id bigint)
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+	upd jsonb;
+BEGIN
+	upd := convert_from(body, 'UTF8')::jsonb;
+	RETURN jsonb_typeof(upd) = 'object' AND (upd->>'update_id') = update_id::text;
+EXCEPTION WHEN OTHERS THEN
+	RETURN false;
+END
+$$;
+
+-- Queue any Bot API call, in the caller's transaction: delivered only if it
+-- commits, in order with the other calls of its chat.
+CREATE OR REPLACE FUNCTION regstage.queue_call(method text, params jsonb, chat_id bigint DEFAULT NULL)
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	INSERT INTO regstage.outbox (chat_id, method, params)
+	VALUES (coalesce(queue_call.chat_id,
+					 CASE WHEN params->>'chat_id' ~ '^-?[0-9]{1,18}$' THEN (params->>'chat_id')::bigint END),
+			method, params)
+	RETURNING id
+$$;
+
+CREATE OR REPLACE FUNCTION regstage.send_message(chat_id bigint, text text, reply_markup jsonb DEFAULT NULL)
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	SELECT regstage.queue_call('sendMessage',
+		regstage.send_message_call(send_message.chat_id, send_message.text, send_message.reply_markup)->'params',
+		send_message.chat_id)
+$$;
+
+-- AFTER INSERT on outbox: wake the senders (NOTIFY is sent at commit, so a
+-- call queued in a transaction that rolls back wakes no one).
+CREATE OR REPLACE FUNCTION regstage.outbox_notify()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_notify('regstage_outbox', '');
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER outbox_notify
+	AFTER INSERT ON regstage.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION regstage.outbox_notify();
+
+-- Send: claim up to max_calls due calls, at most one per chat (the oldest
+-- pending of each), for lease.  A sender that dies leaves its claims to
+-- expire; they are sent again then (at most what it had in flight).
+CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute')
+RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
+	 WHERE o.id IN (
+		SELECT c.id FROM regstage.outbox c
+		 WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+		   AND (c.claimed_until IS NULL OR c.claimed_until < now())
+		   AND NOT EXISTS (SELECT 1 FROM regstage.outbox e
+							WHERE e.status = 'pending' AND e.chat_id = c.chat_id AND e.id < c.id)
+		 ORDER BY c.id
+		 LIMIT max_calls
+		 FOR UPDATE SKIP LOCKED)
+	RETURNING o.id, o.chat_id, o.method, o.params, o.attempts
+$$;
+
+-- What the Bot API answered for a claimed call (http_status 0: no answer,
+-- a network error).  2xx: sent.  429: this chat waits retry_after seconds,
+-- no other chat does.  5xx, 0: retried with backoff (at most 60 s).  Any
+-- other status (blocked by the user, chat not found, bad request): parked as
+-- failed with the error.  Returns the call's new status.
+CREATE OR REPLACE FUNCTION regstage.outbox_report(id bigint, http_status integer, error text DEFAULT NULL,
+												  retry_after integer DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	new_status text;
+BEGIN
+	IF outbox_report.http_status BETWEEN 200 AND 299 THEN
+		UPDATE regstage.outbox o SET status = 'sent', sent_at = now(), claimed_until = NULL,
+			   http_status = outbox_report.http_status, last_error = NULL
+		 WHERE o.id = outbox_report.id AND o.status = 'pending'
+		RETURNING o.status INTO new_status;
+	ELSIF outbox_report.http_status = 429 OR outbox_report.http_status >= 500 OR outbox_report.http_status = 0 THEN
+		UPDATE regstage.outbox o SET claimed_until = NULL,
+			   http_status = outbox_report.http_status, last_error = outbox_report.error,
+			   next_attempt_at = now() + CASE
+					WHEN outbox_report.http_status = 429 THEN greatest(coalesce(retry_after, 1), 1) * interval '1 second'
+					ELSE least(power(2, least(o.attempts, 6)), 60) * interval '1 second' END
+		 WHERE o.id = outbox_report.id AND o.status = 'pending'
+		RETURNING o.status INTO new_status;
+	ELSE
+		UPDATE regstage.outbox o SET status = 'failed', claimed_until = NULL,
+			   http_status = outbox_report.http_status, last_error = outbox_report.error
+		 WHERE o.id = outbox_report.id AND o.status = 'pending'
+		RETURNING o.status INTO new_status;
+		IF FOUND THEN
+			RAISE WARNING 'pg_regstage: outbox call % to chat % parked (HTTP %): %', outbox_report.id,
+				(SELECT o.chat_id FROM regstage.outbox o WHERE o.id = outbox_report.id),
+				outbox_report.http_status, outbox_report.error;
+		END IF;
+	END IF;
+	RETURN new_status;
+END
+$$;
+
+-- Retention: processed inbox rows and sent outbox rows older than
+-- regstage.retention go (failed ones stay until someone handles them);
+-- the background worker calls this each regstage.cleanup_interval.
+CREATE OR REPLACE FUNCTION regstage.purge_processed(older_than interval DEFAULT NULL)
+RETURNS TABLE (inbox_deleted bigint, outbox_deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	cutoff timestamptz := now() - coalesce(older_than,
+		current_setting('regstage.retention')::integer * interval '1 second');
+BEGIN
+	DELETE FROM regstage.inbox i WHERE i.status = 'done' AND i.processed_at < cutoff;
+	GET DIAGNOSTICS inbox_deleted = ROW_COUNT;
+	DELETE FROM regstage.outbox o WHERE o.status = 'sent' AND o.sent_at < cutoff;
+	GET DIAGNOSTICS outbox_deleted = ROW_COUNT;
+	DELETE FROM regstage.seen_updates s WHERE s.seen_at < now() - interval '2 days';
+	RETURN NEXT;
+END
+$$;
+
+-- For the operator: updates parked as failed, oldest first.
+CREATE OR REPLACE VIEW regstage.failed_updates AS
+SELECT i.update_id, i.chat_id, i.attempts, i.sqlstate, i.last_error, i.received_at,
+	   i.processed_at AS failed_at, left(encode(i.body, 'escape'), 2000) AS body
+  FROM regstage.inbox i
+ WHERE i.status = 'failed';
+
+-- For the operator: how both queues stand right now.
+CREATE OR REPLACE VIEW regstage.queue_status AS
+SELECT 'inbox'::text AS queue, count(*) FILTER (WHERE status = 'pending') AS pending,
+	   count(*) FILTER (WHERE status = 'pending' AND next_attempt_at > now()) AS waiting_retry,
+	   count(*) FILTER (WHERE status = 'failed') AS failed,
+	   now() - min(received_at) FILTER (WHERE status = 'pending') AS oldest_pending_age,
+	   count(*) FILTER (WHERE status = 'done' AND attempts > 1) AS retried
+  FROM regstage.inbox
+UNION ALL
+SELECT 'outbox', count(*) FILTER (WHERE status = 'pending'),
+	   count(*) FILTER (WHERE status = 'pending' AND next_attempt_at > now()),
+	   count(*) FILTER (WHERE status = 'failed'),
+	   now() - min(created_at) FILTER (WHERE status = 'pending'),
+	   count(*) FILTER (WHERE status = 'sent' AND attempts > 1)
+  FROM regstage.outbox;

@@ -1,0 +1,48 @@
+-------------------------------------------------------------------------------
+-- Inbox and outbox tables (both edges of the bot, durable in PostgreSQL).
+-- In a fresh install after schema.sql; the 1.0 -> 1.1 upgrade runs it too.
+-------------------------------------------------------------------------------
+
+-- Every update Telegram delivered, raw, exactly as received (bytea: also what
+-- is not UTF-8, not JSON or not jsonb is kept, and parked with the reason).
+CREATE TABLE regstage.inbox (
+	update_id       bigint PRIMARY KEY,
+	chat_id         bigint,			-- whose conversation it belongs to; NULL: none
+	body            bytea NOT NULL,
+	status          text NOT NULL DEFAULT 'pending'
+	                CHECK (status IN ('pending', 'done', 'failed')),
+	attempts        integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	sqlstate        text,
+	last_error      text,
+	received_at     timestamptz NOT NULL DEFAULT now(),
+	processed_at    timestamptz
+);
+-- what a processor claims: O(pending), not O(history)
+CREATE INDEX inbox_pending ON regstage.inbox (update_id) WHERE status = 'pending';
+CREATE INDEX inbox_pending_chat ON regstage.inbox (chat_id, update_id) WHERE status = 'pending';
+CREATE INDEX inbox_processed ON regstage.inbox (processed_at) WHERE status = 'done';
+
+-- Every Bot API call the bot decided, written in the transaction that
+-- decided it; a sender delivers them in order per chat.
+CREATE TABLE regstage.outbox (
+	id              bigint PRIMARY KEY,
+	chat_id         bigint,			-- order key: calls of one chat go out in id order
+	method          text NOT NULL,
+	params          jsonb NOT NULL,
+	update_id       bigint,			-- the inbox update that produced it, if any
+	status          text NOT NULL DEFAULT 'pending'
+	                CHECK (status IN ('pending', 'sent', 'failed')),
+	attempts        integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	claimed_until   timestamptz,	-- a sender is delivering it until then
+	http_status     integer,
+	last_error      text,
+	created_at      timestamptz NOT NULL DEFAULT now(),
+	sent_at         timestamptz
+);
+CREATE SEQUENCE regstage.outbox_id_seq OWNED BY regstage.outbox.id;
+ALTER TABLE regstage.outbox ALTER COLUMN id SET DEFAULT nextval('regstage.outbox_id_seq');
+CREATE INDEX outbox_pending ON regstage.outbox (id) WHERE status = 'pending';
+CREATE INDEX outbox_pending_chat ON regstage.outbox (chat_id, id) WHERE status = 'pending';
+CREATE INDEX outbox_sent ON regstage.outbox (sent_at) WHERE status = 'sent';

@@ -1,0 +1,147 @@
+-- The inbox and the outbox, driven the way the relay drives them.
+-- (Uses the regstage_test update builders of 05_conversation.)
+SELECT count(*) FROM regstage_test.redis('FLUSHALL');
+TRUNCATE regstage.inbox, regstage.outbox;
+ALTER SEQUENCE regstage.outbox_id_seq RESTART;
+
+CREATE FUNCTION regstage_test.raw(u jsonb) RETURNS bytea LANGUAGE sql AS $$
+	SELECT convert_to(u::text, 'UTF8')
+$$;
+CREATE FUNCTION regstage_test.inbox() RETURNS TABLE (update_id bigint, chat_id bigint, status text,
+		attempts integer, sqlstate text, last_error text) LANGUAGE sql AS $$
+	SELECT update_id, chat_id, status, attempts, sqlstate, last_error FROM regstage.inbox ORDER BY update_id
+$$;
+CREATE FUNCTION regstage_test.outbox() RETURNS TABLE (id_rank bigint, chat_id bigint, method text, text text,
+		status text, update_id bigint) LANGUAGE sql AS $$
+	SELECT rank() OVER (ORDER BY id), chat_id, method, left(params->>'text', 40), status, update_id
+	  FROM regstage.outbox ORDER BY id
+$$;
+-- process_next() until nothing is due; the update_ids in the order handled
+CREATE FUNCTION regstage_test.drain() RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+	done bigint[] := '{}';
+	id bigint;
+BEGIN
+	LOOP
+		id := regstage.process_next();
+		EXIT WHEN id IS NULL;
+		done := done || id;
+	END LOOP;
+	RETURN done;
+END
+$$;
+
+-- 1. Receiving: one batch, raw; duplicates ignored; what cannot be decoded
+-- is parked at once with the reason
+SELECT regstage.store_updates(
+	ARRAY[3001, 3002, 3003, 3004, 3005, 3006, 3001],
+	ARRAY[regstage_test.raw(regstage_test.text(3001, 30001, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3002, 30002, '/start', 'en')),
+		  '\xff7b7d'::bytea,								-- not UTF-8
+		  convert_to('{"update_id": 3004, "message": {"text": "a\u0000b"}}', 'UTF8'),	-- jsonb refuses \u0000
+		  convert_to('{"update_id": 9999}', 'UTF8'),		-- not its update_id
+		  regstage_test.raw(regstage_test.callback(3006, 30001, 'lang:en')),
+		  regstage_test.raw(regstage_test.text(3001, 30001, '/start', 'en'))]) AS stored;
+SELECT regstage.store_updates(ARRAY[3001], ARRAY[regstage_test.raw(regstage_test.text(3001, 30001, '/start', 'en'))]) AS stored_again;
+SELECT * FROM regstage_test.inbox();
+SELECT update_id, sqlstate, left(last_error, 60) AS last_error FROM regstage.failed_updates ORDER BY update_id;
+SELECT regstage.store_updates(ARRAY[1, 2], ARRAY['\x00'::bytea]);
+
+-- 2. Processing: each update's replies land in the outbox in its transaction
+SELECT regstage_test.drain() AS handled;
+SELECT * FROM regstage_test.inbox() WHERE status <> 'failed';
+SELECT * FROM regstage_test.outbox();
+-- applied once: handle_update() of an update the inbox applied returns []
+SELECT regstage.handle_update(regstage_test.text(3001, 30001, '/start', 'en'));
+
+-- 3. Per-chat order: a chat's later update waits for its earlier one; other
+-- chats go on.  The earlier one fails (a trigger stands in for a failing
+-- step), is retried with backoff, and is parked after regstage.max_attempts.
+CREATE FUNCTION regstage_test.poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.update_id = 3010 THEN
+		RAISE EXCEPTION 'poisoned update' USING ERRCODE = 'XX000';
+	ELSIF NEW.update_id = 3020 THEN
+		RAISE EXCEPTION 'Redis is down (test)' USING ERRCODE = '08006';
+	ELSIF NEW.update_id = 3030 THEN
+		RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER poison BEFORE INSERT ON regstage.seen_updates FOR EACH ROW EXECUTE FUNCTION regstage_test.poison();
+SET regstage.max_attempts = 2;
+SELECT regstage.store_updates(ARRAY[3010, 3011, 3012],
+	ARRAY[regstage_test.raw(regstage_test.text(3010, 30010, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3011, 30010, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3012, 30011, '/start', 'en'))]);
+SELECT regstage_test.drain() AS handled;		-- 3010 fails once, 3011 waits behind it, 3012 goes
+SELECT update_id, status, attempts, sqlstate, last_error, next_attempt_at > now() AS backing_off
+  FROM regstage.inbox WHERE update_id IN (3010, 3011, 3012) ORDER BY update_id;
+UPDATE regstage.inbox SET next_attempt_at = now() WHERE update_id = 3010;	-- skip the backoff
+SELECT regstage_test.drain() AS handled;		-- 3010 fails again: parked; then 3011 goes
+SELECT update_id, status, attempts, sqlstate FROM regstage.inbox WHERE update_id IN (3010, 3011) ORDER BY update_id;
+SELECT update_id, chat_id, attempts, sqlstate, last_error FROM regstage.failed_updates WHERE update_id = 3010;
+-- re-queued by hand once the cause is fixed
+DROP TRIGGER poison ON regstage.seen_updates;
+SELECT regstage.retry_update(3010), regstage.retry_update(3010) AS twice, regstage.retry_update(424242) AS unknown;
+SELECT regstage_test.drain() AS handled;
+SELECT update_id, status, attempts FROM regstage.inbox WHERE update_id = 3010;
+-- an undecodable update re-queued is parked again, not processed
+SELECT regstage.retry_update(3003);
+SELECT update_id, status, sqlstate FROM regstage.inbox WHERE update_id = 3003;
+
+-- 4. An outage never counts as an attempt; statement_timeout (57014) and
+-- internal errors (XX) do: regstage.is_outage() is the one list
+CREATE TRIGGER poison BEFORE INSERT ON regstage.seen_updates FOR EACH ROW EXECUTE FUNCTION regstage_test.poison();
+SELECT regstage.store_updates(ARRAY[3020, 3030],
+	ARRAY[regstage_test.raw(regstage_test.text(3020, 30020, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3030, 30030, '/start', 'en'))]);
+SELECT regstage_test.drain() AS handled;
+UPDATE regstage.inbox SET next_attempt_at = now() WHERE update_id IN (3020, 3030);
+SELECT regstage_test.drain() AS handled;
+SELECT update_id, status, attempts, sqlstate FROM regstage.inbox WHERE update_id IN (3020, 3030) ORDER BY 1;
+DROP TRIGGER poison ON regstage.seen_updates;
+SELECT s, regstage.is_outage(s) FROM unnest(ARRAY['08006', '28000', '40001', '53100', '57P01', '58030',
+	'57014', 'XX000', '22023', '38000', '42501', '55000', '23505']) s;
+RESET regstage.max_attempts;
+
+-- 5. Any SQL can queue a message: delivered only if its transaction commits
+TRUNCATE regstage.outbox;
+BEGIN;
+SELECT regstage.send_message(30050, 'rolled back') > 0 AS queued;
+ROLLBACK;
+SELECT regstage.send_message(30050, 'committed', '{"remove_keyboard": true}') > 0 AS queued;
+SELECT regstage.queue_call('sendChatAction', '{"chat_id": 30051, "action": "typing"}') > 0 AS queued;
+SELECT chat_id, method, params FROM regstage.outbox ORDER BY id;
+
+-- 6. Sending: one call per chat at a time, in order; 429 delays only its
+-- chat; 5xx is retried; a permanent 4xx is parked with the error
+SELECT regstage.send_message(30050, 'second for 30050') > 0 AS queued;
+SELECT regstage.send_message(30052, 'first for 30052') > 0 AS queued;
+SELECT chat_id, method, left(params->>'text', 20) AS text, attempts FROM regstage.outbox_claim(10) ORDER BY id;
+SELECT count(*) AS claimed_again FROM regstage.outbox_claim(10);	-- leased: nothing
+SELECT regstage.outbox_report(id, CASE chat_id WHEN 30050 THEN 429 WHEN 30051 THEN 200 ELSE 403 END,
+	CASE chat_id WHEN 30052 THEN 'Forbidden: bot was blocked by the user' END, 30)
+  FROM regstage.outbox WHERE status = 'pending' AND claimed_until IS NOT NULL ORDER BY id;
+SELECT chat_id, left(params->>'text', 20) AS text, status, http_status, last_error,
+	   next_attempt_at > now() + interval '20 seconds' AS waits_retry_after
+  FROM regstage.outbox ORDER BY id;
+SELECT count(*) AS due_now FROM regstage.outbox_claim(10);	-- 30050 waits 30 s; its second call waits behind it
+UPDATE regstage.outbox SET next_attempt_at = now() WHERE chat_id = 30050;
+SELECT left(params->>'text', 20) AS text FROM regstage.outbox_claim(10);
+SELECT regstage.outbox_report(id, 502, 'Bad Gateway') FROM regstage.outbox WHERE claimed_until > now();
+SELECT left(params->>'text', 20) AS text, status, attempts, http_status FROM regstage.outbox WHERE chat_id = 30050 ORDER BY id;
+UPDATE regstage.outbox SET next_attempt_at = now() WHERE chat_id = 30050;
+SELECT regstage.outbox_report(id, 200) FROM regstage.outbox_claim(10);
+SELECT regstage.outbox_report(id, 200) FROM regstage.outbox_claim(10);
+SELECT chat_id, left(params->>'text', 20) AS text, status, attempts FROM regstage.outbox ORDER BY id;
+-- a report for a call already sent changes nothing
+SELECT regstage.outbox_report(min(id), 500) FROM regstage.outbox WHERE status = 'sent';
+
+-- 7. What an operator reads; retention keeps what failed
+SELECT queue, pending, waiting_retry, failed, retried FROM regstage.queue_status;
+SELECT * FROM regstage.purge_processed('0');
+SELECT status, count(*) FROM regstage.inbox GROUP BY 1 ORDER BY 1;
+SELECT status, count(*) FROM regstage.outbox GROUP BY 1 ORDER BY 1;
+SELECT count(*) FROM regstage_test.redis('FLUSHALL');
