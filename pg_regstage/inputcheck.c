@@ -8,7 +8,6 @@
  */
 #include <ctype.h>
 #include <locale.h>
-#include <stdio.h>
 #include <string.h>
 #include <wctype.h>
 
@@ -149,14 +148,19 @@ inputcheck_full_name(const char *utf8, size_t len, char *out, size_t outsize, ui
  * parentheses are dropped; "00" becomes "+"; an 11-digit number starting
  * with 8 and no "+" is a Russian trunk-prefixed number (8 916 ... =
  * +7 916 ...).  Without "+" or "00" at least 11 digits are needed: a
- * shorter number lacks its country code.
+ * shorter number lacks its country code.  The digits are counted before
+ * any is copied, so out never holds more than "+", 15 digits and a NUL.
  */
 InputcheckPhone
 inputcheck_phone(const char *phone, size_t len, char *out)
 {
-	char		digits[INPUTCHECK_PHONE_MAX_DIGITS + 2];
-	int			nd = 0;
+	size_t		first;
+	size_t		nd = 0;
+	size_t		skip = 0;		/* leading digits of an international prefix "00" */
+	size_t		seen = 0;
+	size_t		o = 1;
 	bool		plus = false;
+	bool		zero_zero = false;
 	size_t		i = 0;
 
 	out[0] = '\0';
@@ -167,35 +171,46 @@ inputcheck_phone(const char *phone, size_t len, char *out)
 		plus = true;
 		i++;
 	}
+	first = i;
 	for (; i < len; i++)
 	{
 		char		c = phone[i];
 
 		if (c >= '0' && c <= '9')
 		{
-			if (nd > INPUTCHECK_PHONE_MAX_DIGITS + 1)
-				return PHONE_TOO_MANY_DIGITS;
-			digits[nd++] = c;
+			if (nd < 2)
+				zero_zero = (c == '0') && (nd == 0 || zero_zero);
+			nd++;
 		}
 		else if (c != ' ' && c != '-' && c != '.' && c != '(' && c != ')')
 			return PHONE_BAD_CHAR;
 	}
-	digits[nd < INPUTCHECK_PHONE_MAX_DIGITS + 1 ? nd : INPUTCHECK_PHONE_MAX_DIGITS + 1] = '\0';
-	if (!plus && nd > 2 && digits[0] == '0' && digits[1] == '0')
+	if (!plus && nd > 2 && zero_zero)
 	{
-		memmove(digits, digits + 2, nd - 1);
-		nd -= 2;
+		skip = 2;
 		plus = true;
 	}
-	if (!plus && nd == 11 && digits[0] == '8')
-		digits[0] = '7';
-	else if (!plus && nd < 11)
-		return PHONE_NO_COUNTRY_CODE;
-	if (nd > INPUTCHECK_PHONE_MAX_DIGITS)
+	if (nd - skip > INPUTCHECK_PHONE_MAX_DIGITS)
 		return PHONE_TOO_MANY_DIGITS;
-	if (nd < INPUTCHECK_PHONE_MIN_DIGITS || digits[0] == '0')
+
+	for (i = first; i < len; i++)
+		if (phone[i] >= '0' && phone[i] <= '9' && seen++ >= skip)
+			out[o++] = phone[i];
+	out[o] = '\0';
+	nd -= skip;
+	if (!plus && nd == 11 && out[1] == '8')
+		out[1] = '7';
+	else if (!plus && nd < 11)
+	{
+		out[0] = '\0';
+		return PHONE_NO_COUNTRY_CODE;		/* ambiguous */
+	}
+	if (nd < INPUTCHECK_PHONE_MIN_DIGITS || out[1] == '0')
+	{
+		out[0] = '\0';
 		return PHONE_IMPLAUSIBLE;
-	snprintf(out, INPUTCHECK_PHONE_BUFSIZE, "+%s", digits);
+	}
+	out[0] = '+';
 	return PHONE_OK;
 }
 

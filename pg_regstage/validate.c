@@ -134,16 +134,28 @@ normalize_phone(const char *phone)
 char *
 validate_phone(const char *phone)
 {
-	char	   *normalized = normalize_phone(phone);
+	char		out[INPUTCHECK_PHONE_BUFSIZE];
+	const char *shown = strlen(phone) > 40 ? "(too long)" : phone;
 
-	if (normalized == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid phone \"%s\": not a plausible phone number",
-						strlen(phone) > 40 ? "(too long)" : phone),
-				 errhint("Use international format, e.g. +7 916 123-45-67 (%d to %d digits).",
-						 INPUTCHECK_PHONE_MIN_DIGITS, INPUTCHECK_PHONE_MAX_DIGITS)));
-	return normalized;
+	switch (inputcheck_phone(phone, strlen(phone), out))
+	{
+		case PHONE_OK:
+			return pstrdup(out);
+		case PHONE_TOO_MANY_DIGITS:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid phone \"%s\": more than %d digits", shown, INPUTCHECK_PHONE_MAX_DIGITS),
+					 errhint("An international number (E.164) has at most %d digits, country code included.",
+							 INPUTCHECK_PHONE_MAX_DIGITS)));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid phone \"%s\": not a plausible phone number", shown),
+					 errhint("Use international format, e.g. +7 916 123-45-67 (%d to %d digits).",
+							 INPUTCHECK_PHONE_MIN_DIGITS, INPUTCHECK_PHONE_MAX_DIGITS)));
+	}
+	return NULL;				/* not reached */
 }
 
 /* A Telegram username: 1-64 of [A-Za-z0-9_], an optional leading @ dropped. */
