@@ -40,7 +40,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			json_t	   *id = json_object_get(u, "update_id");
 			char	   *s;
 
-			if (!json_is_object(u) || !json_is_integer(id))
+			/* as dispatch_submit(): only update_ids past max_seen (>= 0) are routed */
+			if (!json_is_object(u) || !json_is_integer(id) || json_integer_value(id) < 0)
 				continue;
 			(void) dispatch_update_chat(u, json_integer_value(id));
 			s = json_dumps(u, JSON_COMPACT);
