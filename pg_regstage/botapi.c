@@ -30,6 +30,7 @@
 
 #include "botapi.h"
 #include "guc.h"
+#include "tgfile.h"
 
 #define GETFILE_BODY_MAX 65536
 #define WAIT_SLICE_MS 100		/* bounds cancel latency */
@@ -203,39 +204,6 @@ download_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	}
 	t->written += n;
 	return n;
-}
-
-/* The file extension, from the content's magic bytes. */
-static const char *
-sniff_extension(const unsigned char *h, int len)
-{
-	if (len >= 3 && h[0] == 0xFF && h[1] == 0xD8 && h[2] == 0xFF)
-		return "jpg";
-	if (len >= 8 && memcmp(h, "\x89PNG\r\n\x1a\n", 8) == 0)
-		return "png";
-	if (len >= 5 && memcmp(h, "%PDF-", 5) == 0)
-		return "pdf";
-	if (len >= 4 && memcmp(h, "GIF8", 4) == 0)
-		return "gif";
-	if (len >= 12 && memcmp(h, "RIFF", 4) == 0 && memcmp(h + 8, "WEBP", 4) == 0)
-		return "webp";
-	if (len >= 12 && memcmp(h + 4, "ftyp", 4) == 0 &&
-		(memcmp(h + 8, "heic", 4) == 0 || memcmp(h + 8, "heix", 4) == 0 ||
-		 memcmp(h + 8, "mif1", 4) == 0))
-		return "heic";
-	return "bin";
-}
-
-/* Telegram file paths look like "photos/file_12.jpg"; anything else is refused. */
-static bool
-file_path_is_safe(const char *p, size_t len)
-{
-	if (len == 0 || len > 512 || p[0] == '/' ||
-		strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./") != len)
-		return false;
-	if (strstr(p, "..") != NULL || strstr(p, "//") != NULL)
-		return false;
-	return true;
 }
 
 static long

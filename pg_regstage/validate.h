@@ -7,7 +7,9 @@
 #ifndef REGSTAGE_VALIDATE_H
 #define REGSTAGE_VALIDATE_H
 
-#define REGSTAGE_FILE_ID_MAX 256
+#include "inputcheck.h"
+
+#define REGSTAGE_FILE_ID_MAX INPUTCHECK_FILE_ID_MAX
 
 extern void validate_telegram_id(bool isnull, int64 telegram_id);
 extern void validate_language(const char *language);

@@ -14,7 +14,6 @@ cleanup() {
 	local -
 	set +e
 	[ -f "$W/redis/redis.pid" ] && kill -CONT "$(cat "$W/redis/redis.pid")" 2>/dev/null
-	pkill -f "$W/bin/fuzz_relay_parse" 2>/dev/null
 	stop_pidfile "$W/relay.pid"
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
@@ -52,11 +51,6 @@ regstage.cleanup_interval = 0
 unset LD_PRELOAD
 start_redis "$W" $REDIS_PORT
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"
-
-# the libFuzzer target (clang + libclang-rt-14-dev)
-clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$SRC/relay" -I"$($PG_CONFIG --includedir)" \
-	"$SRC/test/fuzz/fuzz_relay_parse.c" "$SRC/relay/telegram.c" "$SRC/relay/dispatch.c" "$SRC/relay/log.c" \
-	-lcurl -ljansson -lpq -lpthread -o "$W/bin/fuzz_relay_parse"
 
 export FAULT_SUITE_DIR=$W FAULT_SUITE_PG_PORT=$PG_PORT FAULT_SUITE_API_PORT=$API_PORT FAULT_SUITE_TOKEN=$TOKEN
 export FAULT_SUITE_BIN=$SRC/relay/regstage-relay FAULT_SUITE_REDIS_PORT=$REDIS_PORT FAULT_SUITE_SMALL=$SMALL
