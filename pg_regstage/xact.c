@@ -271,15 +271,17 @@ xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			/* may raise: the commit then becomes an abort */
 			if (pending_actions == NULL)
 				break;
-			sync_new_entries();
-			prepare_redis_clear();
+			sync_new_entries();	/* 1. new directory entries durable */
+			prepare_redis_clear();	/* 2. the DEL built while allocating may fail */
 			break;
 		case XACT_EVENT_COMMIT:
+			/* durable now: nothing below may raise */
 			drop_actions(1, XACT_UNLINK_ON_ABORT);	/* 1. the new files stay */
-			delete_files_on_commit();	/* 2. */
-			run_redis_clear();	/* 3. */
+			delete_files_on_commit();	/* 2. files this transaction deleted go */
+			run_redis_clear();	/* 3. the staged keys go (best effort) */
 			release_all();
 			break;
 		case XACT_EVENT_ABORT:
