@@ -9,14 +9,16 @@
  *   3. staged    language + data + documents from Redis, one round trip;
  *                complete and valid, or refuse listing what is missing
  *   4. files     every document fetched concurrently from the Bot API into
- *                temporary files, then renamed and fsync'd (upload.c binds
- *                each file to this (sub)transaction)
+ *                temporary files in the user's directory, fsync'd, moved
+ *                to their final names (upload.c; each file is bound to this
+ *                (sub)transaction, xact.c; the directories are fsync'd at
+ *                pre-commit)
  *   5. rows      INSERT users + documents via SPI
  *   6. Redis     the DEL of the staged keys is queued for after the
- *                top-level commit (below); a failure there is a WARNING
+ *                top-level commit (xact.c); a failure there is a WARNING
  *
  * Any error rolls everything back: no rows, files unlinked by the abort
- * callbacks, staged data untouched.
+ * (xact.c), staged data untouched.
  */
 #include "postgres.h"
 
@@ -31,127 +33,18 @@
 #include "utils/memutils.h"
 
 #include "botapi.h"
-#include "commit.h"
 #include "guc.h"
 #include "plans.h"
-#include "redis.h"
+#include "redis_staging.h"
 #include "staging.h"
 #include "upload.h"
 #include "validate.h"
+#include "xact.h"
 
 /* advisory lock class used for per-telegram_id commit locks */
 #define REGSTAGE_LOCK_CLASS 0x5247
 
 PG_FUNCTION_INFO_V1(regstage_commit_registration);
-
-/* A Redis DEL waiting for the top-level commit. */
-typedef struct PendingClear
-{
-	struct PendingClear *next;
-	SubTransactionId subid;
-	int64		telegram_id;
-	int64		user_id;
-} PendingClear;
-
-static PendingClear *pending_clears = NULL;
-
-static void
-pending_clears_drop(SubTransactionId subid)
-{
-	PendingClear **link = &pending_clears;
-
-	while (*link)
-	{
-		PendingClear *p = *link;
-
-		if (subid == InvalidSubTransactionId || p->subid == subid)
-		{
-			*link = p->next;
-			pfree(p);
-		}
-		else
-			link = &p->next;
-	}
-}
-
-/*
- * After the commit is durable: clear the staged keys.  Nothing here may
- * raise (an ERROR after commit is a PANIC); a failure is a WARNING and the
- * keys expire by their TTL, or the next commit_registration clears them.
- */
-static void
-run_pending_clears(void)
-{
-	while (pending_clears)
-	{
-		PendingClear *p = pending_clears;
-		char		errbuf[256];
-
-		if (redis_clear_nothrow(p->telegram_id, errbuf, sizeof(errbuf)))
-			ereport(LOG,
-					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT "; staged data cleared from Redis",
-							p->telegram_id, p->user_id),
-					 errhidestmt(true)));
-		else
-			ereport(WARNING,
-					(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": registration committed, user id " INT64_FORMAT ", but the staged data could not be cleared from Redis: %s",
-							p->telegram_id, p->user_id, errbuf),
-					 errhint("It expires with regstage.ttl, and the next commit_registration() of this telegram_id clears it.")));
-		pending_clears = p->next;
-		pfree(p);
-	}
-}
-
-static void
-commit_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-			run_pending_clears();
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-		case XACT_EVENT_PARALLEL_ABORT:
-			pending_clears_drop(InvalidSubTransactionId);
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-commit_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
-{
-	PendingClear *p;
-
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		pending_clears_drop(mySubid);
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-		for (p = pending_clears; p; p = p->next)
-			if (p->subid == mySubid)
-				p->subid = parentSubid;
-}
-
-void
-commit_register_callbacks(void)
-{
-	RegisterXactCallback(commit_xact_callback, NULL);
-	RegisterSubXactCallback(commit_subxact_callback, NULL);
-}
-
-static void
-queue_redis_clear(int64 telegram_id, int64 user_id)
-{
-	PendingClear *p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingClear));
-
-	p->subid = GetCurrentSubTransactionId();
-	p->telegram_id = telegram_id;
-	p->user_id = user_id;
-	p->next = pending_clears;
-	pending_clears = p;
-}
 
 static void
 lock_telegram_id(int64 telegram_id)
@@ -293,6 +186,7 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 	List	   *doc_types;
 	ListCell   *lc;
 	BotApiFile *files;
+	UploadUserDir userdir;
 	UploadTemp *temps;
 	char	  **relpaths;
 	int			nfiles;
@@ -326,23 +220,37 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 
 	/* 4: the files, bound to this (sub)transaction */
 	for (int i = 0; i < nfiles; i++)
+		temps[i].fd = -1;
+	upload_open_user_dir(&userdir, telegram_id);
+	PG_TRY();
 	{
-		upload_temp_create(&temps[i], telegram_id, files[i].doc_type);
-		files[i].fd = temps[i].fd;
-		files[i].fd_path = temps[i].path;
+		for (int i = 0; i < nfiles; i++)
+		{
+			upload_temp_create(&temps[i], &userdir, files[i].doc_type);
+			files[i].fd = temps[i].fd;
+			files[i].fd_path = temps[i].path;
+		}
+		botapi_fetch_files(telegram_id, files, nfiles);
+		for (int i = 0; i < nfiles; i++)
+			relpaths[i] = upload_finish(&temps[i], &userdir, files[i].doc_type,
+										files[i].sha256_hex, files[i].ext);
 	}
-	botapi_fetch_files(telegram_id, files, nfiles);
-	for (int i = 0; i < nfiles; i++)
-		relpaths[i] = upload_finish(&temps[i], telegram_id, files[i].doc_type,
-									files[i].sha256_hex, files[i].ext);
-	upload_sync_user_dir(telegram_id);
+	PG_CATCH();
+	{
+		/* plain descriptors: close them here; the abort unlinks the files */
+		for (int i = 0; i < nfiles; i++)
+			upload_temp_discard(&temps[i]);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	upload_close_user_dir(&userdir);
 
 	/* 5: the rows */
 	user_id = insert_rows(telegram_id, staged, files, relpaths, nfiles);
 	SPI_finish();
 
 	/* 6: Redis after the top-level commit */
-	queue_redis_clear(telegram_id, user_id);
+	xact_clear_redis_on_commit(telegram_id, user_id);
 	ereport(LOG,
 			(errmsg("pg_regstage: telegram_id " INT64_FORMAT ": %d documents saved for user id " INT64_FORMAT ", waiting for commit",
 					telegram_id, nfiles, user_id),

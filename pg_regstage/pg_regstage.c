@@ -12,10 +12,9 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
-#include "commit.h"
 #include "guc.h"
-#include "upload.h"
 #include "worker.h"
+#include "xact.h"
 
 PG_MODULE_MAGIC;
 
@@ -32,8 +31,7 @@ _PG_init(void)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not initialise libcurl")));
 
-	upload_register_callbacks();
-	commit_register_callbacks();
+	xact_register_callbacks();
 
 	if (process_shared_preload_libraries_in_progress)
 		worker_register();

@@ -1,7 +1,8 @@
 /*
- * redis.c — the per-backend Redis connection and the staging keys.
+ * redis.c — the per-backend Redis connection: connect, round trips, waits.
  *
- * One connection per backend, opened lazily and reused.  hiredis runs in
+ * It knows nothing of keys (redis_staging.c does).  One connection per
+ * backend, opened lazily and reused.  hiredis runs in
  * non-blocking mode and every wait goes through WaitLatchOrSocket, so a
  * round trip is bounded by regstage.redis_timeout and cancel /
  * statement_timeout / pg_terminate_backend interrupt it.  A round trip that
@@ -10,42 +11,28 @@
  *
  * hiredis allocates with malloc: every reply is copied into palloc'd memory
  * and freed before anything can ereport, so no reply leaks across a longjmp.
+ *
+ * After a commit (redis_send_formatted_after_commit) the rules are
+ * stricter: no reconnect, no WaitEventSet, no palloc, only poll() on the
+ * open socket against a monotonic deadline.
  */
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <time.h>
 #include <hiredis/hiredis.h>
 
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "lib/stringinfo.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "guc.h"
 #include "redis.h"
-
-#define KEY_BUFSIZE 128
-
-/* A Redis reply copied out of hiredis's malloc'd tree. */
-typedef struct RedisValue
-{
-	int			type;			/* REDIS_REPLY_* */
-	long long	integer;
-	char	   *str;			/* NUL-terminated copy for STRING/STATUS/ERROR */
-	size_t		len;
-	int			nelem;
-	struct RedisValue **elem;
-} RedisValue;
-
-/* One command: argv with explicit lengths (binary safe). */
-typedef struct RedisCommand
-{
-	int			argc;
-	const char *argv[16];
-	size_t		argvlen[16];
-} RedisCommand;
 
 static redisContext *redis_conn = NULL;
 static bool redis_conn_busy = false;	/* a round trip is in progress or was cut */
@@ -61,7 +48,7 @@ static int	redis_waitset_socket_event;
 static char redis_conn_identity[1024];	/* settings the connection was made with */
 
 /* Where Redis is, for messages: "host:port" or "unix socket path". */
-static const char *
+const char *
 redis_address(void)
 {
 	static char addr[MAXPGPATH + 32];
@@ -73,20 +60,14 @@ redis_address(void)
 	return addr;
 }
 
-static void
-redis_key(char *buf, int64 telegram_id, const char *suffix)
-{
-	snprintf(buf, KEY_BUFSIZE, "%s:" INT64_FORMAT ":%s", regstage_key_prefix, telegram_id, suffix);
-}
-
-static void
-cmd_init(RedisCommand *cmd)
+void
+redis_cmd_init(RedisCommand *cmd)
 {
 	cmd->argc = 0;
 }
 
-static void
-cmd_arg(RedisCommand *cmd, const char *arg)
+void
+redis_cmd_arg(RedisCommand *cmd, const char *arg)
 {
 	Assert(cmd->argc < lengthof(cmd->argv));
 	cmd->argv[cmd->argc] = arg;
@@ -355,17 +336,17 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 
 		if (regstage_redis_password[0] != '\0')
 		{
-			cmd_init(&cmds[n]);
-			cmd_arg(&cmds[n], "AUTH");
-			cmd_arg(&cmds[n], regstage_redis_password);
+			redis_cmd_init(&cmds[n]);
+			redis_cmd_arg(&cmds[n], "AUTH");
+			redis_cmd_arg(&cmds[n], regstage_redis_password);
 			n++;
 		}
 		if (regstage_redis_db != 0)
 		{
 			snprintf(dbbuf, sizeof(dbbuf), "%d", regstage_redis_db);
-			cmd_init(&cmds[n]);
-			cmd_arg(&cmds[n], "SELECT");
-			cmd_arg(&cmds[n], dbbuf);
+			redis_cmd_init(&cmds[n]);
+			redis_cmd_arg(&cmds[n], "SELECT");
+			redis_cmd_arg(&cmds[n], dbbuf);
 			n++;
 		}
 		errbuf[0] = '\0';
@@ -395,7 +376,7 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
  * One round trip that raises on failure.  Returns palloc'd replies; an
  * error reply for any command raises too.
  */
-static RedisValue **
+RedisValue **
 redis_roundtrip(RedisCommand *cmds, int ncmds)
 {
 	RedisValue **replies = palloc0(sizeof(RedisValue *) * ncmds);
@@ -442,337 +423,160 @@ redis_roundtrip(RedisCommand *cmds, int ncmds)
 	return replies;
 }
 
-/* Append EXPIRE <key> <ttl> for all three keys. */
-static int
-add_expire_all(RedisCommand *cmds, int n, char keys[3][KEY_BUFSIZE], char *ttlbuf)
-{
-	for (int k = 0; k < 3; k++)
-	{
-		cmd_init(&cmds[n]);
-		cmd_arg(&cmds[n], "EXPIRE");
-		cmd_arg(&cmds[n], keys[k]);
-		cmd_arg(&cmds[n], ttlbuf);
-		n++;
-	}
-	return n;
-}
-
-static void
-all_keys(char keys[3][KEY_BUFSIZE], int64 telegram_id)
-{
-	redis_key(keys[0], telegram_id, "language");
-	redis_key(keys[1], telegram_id, "data");
-	redis_key(keys[2], telegram_id, "documents");
-}
 
 /*
- * MULTI; <write>; EXPIRE x3; EXEC — the write and the TTL refresh of all
- * three keys are applied together, in one round trip.
+ * One round trip that never raises, for a best-effort command inside a live
+ * transaction (it may connect).  Returns false with errbuf set when Redis
+ * could not be reached or refused a command.
  */
-static void
-redis_write_with_ttl(int64 telegram_id, RedisCommand *write)
-{
-	char		keys[3][KEY_BUFSIZE];
-	char		ttlbuf[16];
-	RedisCommand cmds[6];
-	int			n = 0;
-
-	all_keys(keys, telegram_id);
-	snprintf(ttlbuf, sizeof(ttlbuf), "%d", regstage_ttl_s);
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n++], "MULTI");
-	cmds[n++] = *write;
-	n = add_expire_all(cmds, n, keys, ttlbuf);
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n++], "EXEC");
-	(void) redis_roundtrip(cmds, n);
-}
-
-void
-redis_stage_language(int64 telegram_id, const char *language)
-{
-	char		key[KEY_BUFSIZE];
-	RedisCommand set;
-
-	redis_key(key, telegram_id, "language");
-	cmd_init(&set);
-	cmd_arg(&set, "SET");
-	cmd_arg(&set, key);
-	cmd_arg(&set, language);
-	redis_write_with_ttl(telegram_id, &set);
-}
-
-void
-redis_stage_data_fields(int64 telegram_id, List *fields)
-{
-	char		key[KEY_BUFSIZE];
-	RedisCommand hset;
-	ListCell   *lc;
-
-	Assert(list_length(fields) >= 1 && list_length(fields) <= 7);
-	redis_key(key, telegram_id, "data");
-	cmd_init(&hset);
-	cmd_arg(&hset, "HSET");
-	cmd_arg(&hset, key);
-	foreach(lc, fields)
-	{
-		StagedField *f = lfirst(lc);
-
-		cmd_arg(&hset, f->name);
-		cmd_arg(&hset, f->value);
-	}
-	redis_write_with_ttl(telegram_id, &hset);
-}
-
-void
-redis_stage_document(int64 telegram_id, const char *doc_type, const char *file_id)
-{
-	char		key[KEY_BUFSIZE];
-	RedisCommand hset;
-
-	redis_key(key, telegram_id, "documents");
-	cmd_init(&hset);
-	cmd_arg(&hset, "HSET");
-	cmd_arg(&hset, key);
-	cmd_arg(&hset, doc_type);
-	cmd_arg(&hset, file_id);
-	redis_write_with_ttl(telegram_id, &hset);
-}
-
-static int
-staged_field_cmp(const ListCell *a, const ListCell *b)
-{
-	return strcmp(((StagedField *) lfirst(a))->name, ((StagedField *) lfirst(b))->name);
-}
-
-static List *
-hash_to_fields(RedisValue *v)
-{
-	List	   *fields = NIL;
-
-	if (v->type != REDIS_REPLY_ARRAY)
-		return NIL;
-	for (int i = 0; i + 1 < v->nelem; i += 2)
-	{
-		StagedField *f = palloc(sizeof(StagedField));
-
-		/* written by another client: a NUL byte would silently cut the value */
-		if (memchr(v->elem[i]->str, '\0', v->elem[i]->len) != NULL ||
-			memchr(v->elem[i + 1]->str, '\0', v->elem[i + 1]->len) != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("a staged value of \"%s\" contains a NUL byte", v->elem[i]->str),
-					 errhint("Another client wrote it; clear the registration with regstage.clear_registration().")));
-		f->name = v->elem[i]->str;
-		f->value = v->elem[i + 1]->str;
-		fields = lappend(fields, f);
-	}
-	list_sort(fields, staged_field_cmp);
-	return fields;
-}
-
-/*
- * Fill a StagedRegistration from six replies: language, data HGETALL,
- * documents HGETALL, and the three TTLs.
- */
-static StagedRegistration *
-staged_from_replies(RedisValue **r, const char *language_key)
-{
-	StagedRegistration *s = palloc0(sizeof(StagedRegistration));
-
-	if (r[0]->type == REDIS_REPLY_STRING)
-		s->language = r[0]->str;
-	else if (r[0]->type != REDIS_REPLY_NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("Redis key \"%s\" does not hold a string", language_key)));
-	s->data = hash_to_fields(r[1]);
-	s->documents = hash_to_fields(r[2]);
-	s->exists = (s->language != NULL || s->data != NIL || s->documents != NIL);
-	s->ttl_s = -1;
-	for (int k = 0; k < 3; k++)
-	{
-		long long	ttl = r[3 + k]->integer;
-
-		/* -2: key absent; -1: key without TTL (written by another client) */
-		if (ttl >= 0 && (s->ttl_s < 0 || ttl < s->ttl_s))
-			s->ttl_s = ttl;
-	}
-	return s;
-}
-
-/*
- * Read language, data, documents and their TTLs atomically (MULTI/EXEC),
- * in one round trip.
- */
-StagedRegistration *
-redis_fetch_staged(int64 telegram_id)
-{
-	char		keys[3][KEY_BUFSIZE];
-	RedisCommand cmds[8];
-	RedisValue **replies;
-	RedisValue *exec;
-	int			n = 0;
-
-	all_keys(keys, telegram_id);
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n++], "MULTI");
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n], "GET");
-	cmd_arg(&cmds[n++], keys[0]);
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n], "HGETALL");
-	cmd_arg(&cmds[n++], keys[1]);
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n], "HGETALL");
-	cmd_arg(&cmds[n++], keys[2]);
-	for (int k = 0; k < 3; k++)
-	{
-		cmd_init(&cmds[n]);
-		cmd_arg(&cmds[n], "TTL");
-		cmd_arg(&cmds[n++], keys[k]);
-	}
-	cmd_init(&cmds[n]);
-	cmd_arg(&cmds[n++], "EXEC");
-	replies = redis_roundtrip(cmds, n);
-
-	exec = replies[n - 1];
-	if (exec->type != REDIS_REPLY_ARRAY || exec->nelem != 6)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("Redis at %s answered EXEC with an unexpected reply", redis_address())));
-	return staged_from_replies(exec->elem, keys[0]);
-}
-
-/*
- * A typed answer, staged where the conversation stands, in one round trip:
- * the script finds the first missing text item (full_name, then phone) and
- * stores the matching candidate there, or nothing; it returns the step it
- * found, whether it wrote, and the staged state afterwards.  Candidates are
- * validated by the caller; NULL means "not acceptable as that item".
- */
-static const char *const stage_text_script =
-"local lang = redis.call('GET', KEYS[1])\n"
-"local step = 'document'\n"
-"if not lang then step = 'language'\n"
-"elseif redis.call('HEXISTS', KEYS[2], 'full_name') == 0 then step = 'full_name'\n"
-"elseif redis.call('HEXISTS', KEYS[2], 'phone') == 0 then step = 'phone' end\n"
-"local wrote = 0\n"
-"if step == 'full_name' and ARGV[2] ~= '' then\n"
-"  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'full_name', ARGV[2], 'username', ARGV[4])\n"
-"  else redis.call('HSET', KEYS[2], 'full_name', ARGV[2]) end\n"
-"  wrote = 1\n"
-"elseif step == 'phone' and ARGV[3] ~= '' then\n"
-"  redis.call('HSET', KEYS[2], 'phone', ARGV[3])\n"
-"  wrote = 1\n"
-"end\n"
-"if wrote == 1 then for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end end\n"
-"return {step, wrote, lang, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),\n"
-"        redis.call('TTL', KEYS[1]), redis.call('TTL', KEYS[2]), redis.call('TTL', KEYS[3])}\n";
-
-StagedRegistration *
-redis_stage_text_answer(int64 telegram_id, const char *full_name, const char *username,
-						const char *phone, char **step, bool *wrote)
-{
-	char		keys[3][KEY_BUFSIZE];
-	char		ttlbuf[16];
-	RedisCommand eval;
-	RedisValue **replies;
-	RedisValue *r;
-
-	all_keys(keys, telegram_id);
-	snprintf(ttlbuf, sizeof(ttlbuf), "%d", regstage_ttl_s);
-	cmd_init(&eval);
-	cmd_arg(&eval, "EVAL");
-	cmd_arg(&eval, stage_text_script);
-	cmd_arg(&eval, "3");
-	for (int k = 0; k < 3; k++)
-		cmd_arg(&eval, keys[k]);
-	cmd_arg(&eval, ttlbuf);
-	cmd_arg(&eval, full_name ? full_name : "");
-	cmd_arg(&eval, phone ? phone : "");
-	cmd_arg(&eval, username ? username : "");
-	replies = redis_roundtrip(&eval, 1);
-	r = replies[0];
-	if (r->type != REDIS_REPLY_ARRAY || r->nelem != 8 || r->elem[0]->type != REDIS_REPLY_STRING)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("Redis at %s answered the staging script with an unexpected reply", redis_address())));
-	*step = r->elem[0]->str;
-	*wrote = (r->elem[1]->integer == 1);
-	return staged_from_replies(&r->elem[2], keys[0]);
-}
-
-const char *
-redis_staged_field(List *fields, const char *name)
-{
-	ListCell   *lc;
-
-	foreach(lc, fields)
-	{
-		StagedField *f = lfirst(lc);
-
-		if (strcmp(f->name, name) == 0)
-			return f->value;
-	}
-	return NULL;
-}
-
 bool
-redis_extend_ttl(int64 telegram_id)
+redis_roundtrip_nothrow(RedisCommand *cmds, int ncmds, int timeout_ms, char *errbuf, size_t errlen)
 {
-	char		keys[3][KEY_BUFSIZE];
-	char		ttlbuf[16];
-	RedisCommand cmds[3];
-	RedisValue **replies;
-	bool		any = false;
-
-	all_keys(keys, telegram_id);
-	snprintf(ttlbuf, sizeof(ttlbuf), "%d", regstage_ttl_s);
-	(void) add_expire_all(cmds, 0, keys, ttlbuf);
-	replies = redis_roundtrip(cmds, 3);
-	for (int k = 0; k < 3; k++)
-		any |= (replies[k]->integer == 1);
-	return any;
-}
-
-static void
-build_del(RedisCommand *cmd, char keys[3][KEY_BUFSIZE], int64 telegram_id)
-{
-	all_keys(keys, telegram_id);
-	cmd_init(cmd);
-	cmd_arg(cmd, "DEL");
-	for (int k = 0; k < 3; k++)
-		cmd_arg(cmd, keys[k]);
-}
-
-bool
-redis_clear(int64 telegram_id)
-{
-	char		keys[3][KEY_BUFSIZE];
-	RedisCommand del;
-	RedisValue **replies;
-
-	build_del(&del, keys, telegram_id);
-	replies = redis_roundtrip(&del, 1);
-	return replies[0]->integer > 0;
-}
-
-bool
-redis_clear_nothrow(int64 telegram_id, char *errbuf, size_t errlen)
-{
-	char		keys[3][KEY_BUFSIZE];
-	RedisCommand del;
-	RedisValue *reply = NULL;
+	RedisValue *replies[8];
 	int			code;
 
+	Assert(ncmds <= lengthof(replies));
 	errbuf[0] = '\0';
-	build_del(&del, keys, telegram_id);
 	if (!redis_ensure_connected(true, errbuf, errlen, &code))
 		return false;
-	/* after commit a short wait is all we can afford; staging expires anyway */
-	if (!redis_roundtrip_raw(&del, 1, &reply, true, Min(regstage_redis_timeout_ms, 1000),
-							 errbuf, errlen))
+	if (!redis_roundtrip_raw(cmds, ncmds, replies, true, timeout_ms, errbuf, errlen))
 		return false;
 	return errbuf[0] == '\0';
+}
+
+/*
+ * Append one command in Redis's wire format (RESP) to buf: for commands
+ * built before a commit and sent after it, when nothing may allocate.
+ */
+void
+redis_format_command(StringInfo buf, int argc, const char *const *argv)
+{
+	appendStringInfo(buf, "*%d\r\n", argc);
+	for (int i = 0; i < argc; i++)
+	{
+		size_t		len = strlen(argv[i]);
+
+		appendStringInfo(buf, "$%zu\r\n", len);
+		appendBinaryStringInfo(buf, argv[i], len);
+		appendStringInfoString(buf, "\r\n");
+	}
+}
+
+static int64
+monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Wait with poll() until fd is ready for events or the deadline passes
+ * (false).  No latch and no interrupts: after a commit they are held anyway,
+ * and a WaitEventSet would have to be allocated.
+ */
+static bool
+poll_socket(int fd, short events, int64 deadline_ms)
+{
+	for (;;)
+	{
+		struct pollfd pfd;
+		int64		remaining = deadline_ms - monotonic_ms();
+		int			rc;
+
+		if (remaining <= 0)
+			return false;
+		pfd.fd = fd;
+		pfd.events = events;
+		pfd.revents = 0;
+		rc = poll(&pfd, 1, (int) remaining);
+		if (rc > 0)
+			return true;
+		if (rc < 0 && errno != EINTR)
+			return true;		/* the next read or write reports the error */
+	}
+}
+
+/*
+ * Send one command already in wire format (cmd, len) on the open
+ * connection and read its integer reply, within timeout_ms in all.  For use
+ * after a commit: never raises, never reconnects (a connect blocks beyond
+ * any deadline), never pallocs; hiredis's own buffers are malloc'd, whose
+ * failure is an error return, not a longjmp.  Returns false with errbuf set
+ * on any failure; a round trip cut by the deadline leaves the connection
+ * marked busy, so the next caller in a live transaction reconnects.
+ */
+bool
+redis_send_formatted_after_commit(const char *cmd, size_t len, int timeout_ms,
+								  long long *integer, char *errbuf, size_t errlen)
+{
+	char		identity[sizeof(redis_conn_identity)];
+	int64		deadline = monotonic_ms() + timeout_ms;
+	int			done = 0;
+	void	   *reply = NULL;
+	redisReply *r;
+	bool		ok = false;
+
+	redis_compute_identity(identity, sizeof(identity));
+	if (redis_conn == NULL || redis_conn_busy || redis_conn->err ||
+		strcmp(identity, redis_conn_identity) != 0)
+	{
+		snprintf(errbuf, errlen, "no open connection to reuse (none is opened after a commit)");
+		return false;
+	}
+
+	redis_conn_busy = true;
+	if (redisAppendFormattedCommand(redis_conn, cmd, len) != REDIS_OK)
+	{
+		snprintf(errbuf, errlen, "%s", redis_conn->errstr);
+		return false;
+	}
+	while (!done)
+	{
+		if (redisBufferWrite(redis_conn, &done) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", redis_conn->errstr);
+			return false;
+		}
+		if (!done && !poll_socket(redis_conn->fd, POLLOUT, deadline))
+		{
+			snprintf(errbuf, errlen, "no answer within %d ms", timeout_ms);
+			return false;
+		}
+	}
+	for (;;)
+	{
+		if (redisGetReplyFromReader(redis_conn, &reply) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", redis_conn->errstr);
+			return false;
+		}
+		if (reply != NULL)
+			break;
+		if (!poll_socket(redis_conn->fd, POLLIN, deadline))
+		{
+			snprintf(errbuf, errlen, "no answer within %d ms", timeout_ms);
+			return false;
+		}
+		if (redisBufferRead(redis_conn) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", redis_conn->errstr);
+			return false;
+		}
+	}
+
+	r = reply;
+	if (r->type == REDIS_REPLY_INTEGER)
+	{
+		*integer = r->integer;
+		ok = true;
+	}
+	else if (r->type == REDIS_REPLY_ERROR)
+		snprintf(errbuf, errlen, "%s", r->str);
+	else
+		snprintf(errbuf, errlen, "unexpected reply type %d", r->type);
+	freeReplyObject(reply);
+	redis_conn_busy = false;	/* the round trip is complete */
+	return ok;
 }

@@ -1,48 +1,50 @@
 /*
- * redis.h — the per-backend Redis connection and the staging keys.
+ * redis.h — the per-backend Redis connection (transport only).
  *
- * redis.c is the only file that knows the key layout
- * (<prefix>:<telegram_id>:language|data|documents).  Every function here
- * costs one Redis round trip.  Values come back palloc'd, so callers may
- * ereport freely; transport failures raise 08xxx errors naming the server.
+ * Lazy connect with regstage.redis_timeout, AUTH and SELECT, non-blocking
+ * round trips bounded by the timeout and interruptible by cancel, and the
+ * reconnect after a cut round trip.  The key layout is redis_staging.c's.
+ * Replies come back palloc'd, so callers may ereport freely; transport
+ * failures raise 08xxx errors naming the server.
  */
 #ifndef REGSTAGE_REDIS_H
 #define REGSTAGE_REDIS_H
 
-#include "nodes/pg_list.h"
+#include "lib/stringinfo.h"
 
-/* One field of a staged hash (data or documents). */
-typedef struct StagedField
+/* A Redis reply copied out of hiredis's malloc'd tree. */
+typedef struct RedisValue
 {
-	char	   *name;
-	char	   *value;
-} StagedField;
+	int			type;			/* REDIS_REPLY_* */
+	long long	integer;
+	char	   *str;			/* NUL-terminated copy for STRING/STATUS/ERROR */
+	size_t		len;
+	int			nelem;
+	struct RedisValue **elem;
+} RedisValue;
 
-/* Everything staged for one telegram_id, as read in one round trip. */
-typedef struct StagedRegistration
+/* One command: argv with explicit lengths (binary safe). */
+typedef struct RedisCommand
 {
-	bool		exists;			/* any of the three keys present */
-	char	   *language;		/* NULL when not staged */
-	List	   *data;			/* of StagedField*, sorted by name */
-	List	   *documents;		/* of StagedField*, sorted by name */
-	int64		ttl_s;			/* smallest remaining TTL of the present keys; -1 none */
-} StagedRegistration;
+	int			argc;
+	const char *argv[16];
+	size_t		argvlen[16];
+} RedisCommand;
 
-extern void redis_stage_language(int64 telegram_id, const char *language);
-extern void redis_stage_data_fields(int64 telegram_id, List *fields);
-extern void redis_stage_document(int64 telegram_id, const char *doc_type, const char *file_id);
-extern StagedRegistration *redis_fetch_staged(int64 telegram_id);
-extern const char *redis_staged_field(List *fields, const char *name);
-extern StagedRegistration *redis_stage_text_answer(int64 telegram_id, const char *full_name,
-												   const char *username, const char *phone,
-												   char **step, bool *wrote);
-extern bool redis_extend_ttl(int64 telegram_id);
-extern bool redis_clear(int64 telegram_id);
+extern void redis_cmd_init(RedisCommand *cmd);
+extern void redis_cmd_arg(RedisCommand *cmd, const char *arg);
+extern const char *redis_address(void);
 
-/*
- * For use after commit: never raises, never waits for interrupts.  Returns
- * false with a message in errbuf when Redis could not be reached.
- */
-extern bool redis_clear_nothrow(int64 telegram_id, char *errbuf, size_t errlen);
+/* ncmds commands in one write, their replies in one read; raises on failure */
+extern RedisValue **redis_roundtrip(RedisCommand *cmds, int ncmds);
+
+/* the same, best effort inside a live transaction: false + errbuf on failure */
+extern bool redis_roundtrip_nothrow(RedisCommand *cmds, int ncmds, int timeout_ms,
+									char *errbuf, size_t errlen);
+
+/* Commands prepared before a commit and sent after it. */
+extern void redis_format_command(StringInfo buf, int argc, const char *const *argv);
+extern bool redis_send_formatted_after_commit(const char *cmd, size_t len, int timeout_ms,
+											  long long *integer, char *errbuf, size_t errlen);
 
 #endif

@@ -14,7 +14,7 @@
 #include "utils/jsonb.h"
 
 #include "guc.h"
-#include "redis.h"
+#include "redis_staging.h"
 #include "staging.h"
 #include "validate.h"
 

@@ -4,7 +4,7 @@
 #ifndef REGSTAGE_STAGING_H
 #define REGSTAGE_STAGING_H
 
-#include "redis.h"
+#include "redis_staging.h"
 
 extern List *staging_missing_items(StagedRegistration *staged);
 

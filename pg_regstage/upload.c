@@ -1,150 +1,40 @@
 /*
- * upload.c — the upload store and its transaction-bound pending list.
+ * upload.c — the upload store: safe names, the temporary file of each
+ * download, the move into place, fsync.
  *
- * Every file or directory this backend creates is entered in pending_files
- * *before* it is created, tagged with the current subtransaction:
+ * Every file or directory made here is entered in the transaction's
+ * pending actions (xact.c) *before* it is made, so the abort of its
+ * (sub)transaction removes it; a name that turns out to exist already is
+ * taken off again, so an abort never removes what another transaction
+ * made.  Per-user directories are opened without following symbolic links
+ * and every file is made relative to that open directory; a final name is
+ * never replaced (RENAME_NOREPLACE).  Files are written as
+ * .<doc_type>-*.part and moved into place, so a crash leaves at most a
+ * temporary file for the cleanup to sweep.
  *
- *   ABORT_SUB   unlink the entries of that subtransaction
- *   COMMIT_SUB  hand them to the parent
- *   ABORT       unlink everything
- *   COMMIT      forget everything (the files are now referenced by rows)
- *   PRE_PREPARE refuse: the files could not follow a prepared transaction
- *
- * The list lives in TopMemoryContext and is emptied at every terminal
- * event.  Files are written as .<doc_type>-*.part and renamed into place,
- * so a crash leaves at most a temporary file for the cleanup to sweep.
+ * fsync failures are ordinary ERRORs of the registration (58030, naming
+ * the path), never PostgreSQL's data_sync_elevel PANIC: these files are
+ * not the cluster's data, and an I/O error on an NFS upload directory must
+ * not restart every backend.
  */
 #include "postgres.h"
 
 #include <fcntl.h>
 #include <pwd.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
 
 #include "guc.h"
 #include "upload.h"
+#include "xact.h"
 
-typedef struct PendingFile
-{
-	struct PendingFile *next;
-	SubTransactionId subid;		/* owner; reassigned to the parent on subcommit */
-	bool		is_dir;			/* rmdir (only if empty) instead of unlink */
-	char		path[FLEXIBLE_ARRAY_MEMBER];
-} PendingFile;
-
-/* newest first, so files are removed before the directories holding them */
-static PendingFile *pending_files = NULL;
 static uint32 temp_counter = 0;
-
-static void
-pending_add(const char *path, bool is_dir)
-{
-	PendingFile *p = MemoryContextAlloc(TopMemoryContext,
-										offsetof(PendingFile, path) + strlen(path) + 1);
-
-	p->subid = GetCurrentSubTransactionId();
-	p->is_dir = is_dir;
-	strcpy(p->path, path);
-	p->next = pending_files;
-	pending_files = p;
-}
-
-/*
- * Remove the entries matching subid (or all, with InvalidSubTransactionId),
- * unlinking their files when unlink_files.  Never raises: this runs during
- * abort processing.
- */
-static void
-pending_release(SubTransactionId subid, bool unlink_files)
-{
-	PendingFile **link = &pending_files;
-
-	while (*link)
-	{
-		PendingFile *p = *link;
-
-		if (subid != InvalidSubTransactionId && p->subid != subid)
-		{
-			link = &p->next;
-			continue;
-		}
-		if (unlink_files)
-		{
-			int			rc = p->is_dir ? rmdir(p->path) : unlink(p->path);
-
-			if (rc == 0)
-				elog(DEBUG1, "pg_regstage: removed \"%s\" of an aborted transaction", p->path);
-			else if (errno != ENOENT && !(p->is_dir && (errno == ENOTEMPTY || errno == EEXIST)))
-				ereport(WARNING,
-						(errcode_for_file_access(),
-						 errmsg("could not remove \"%s\" of an aborted registration: %m", p->path),
-						 errhint("regstage.cleanup_orphans() will remove it once it is old enough.")));
-		}
-		*link = p->next;
-		pfree(p);
-	}
-}
-
-static void
-upload_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			pending_release(InvalidSubTransactionId, true);
-			break;
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_PREPARE:
-			pending_release(InvalidSubTransactionId, false);
-			break;
-		case XACT_EVENT_PRE_PREPARE:
-			if (pending_files != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has run regstage.commit_registration()"),
-						 errhint("Commit registrations in an ordinary transaction.")));
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-upload_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
-{
-	PendingFile *p;
-
-	switch (event)
-	{
-		case SUBXACT_EVENT_ABORT_SUB:
-			pending_release(mySubid, true);
-			break;
-		case SUBXACT_EVENT_COMMIT_SUB:
-			for (p = pending_files; p; p = p->next)
-				if (p->subid == mySubid)
-					p->subid = parentSubid;
-			break;
-		default:
-			break;
-	}
-}
-
-void
-upload_register_callbacks(void)
-{
-	RegisterXactCallback(upload_xact_callback, NULL);
-	RegisterSubXactCallback(upload_subxact_callback, NULL);
-}
 
 static const char *
 server_os_user(void)
@@ -190,124 +80,246 @@ upload_check_dir(void)
 	return dir;
 }
 
-/*
- * mkdir with our mode, entered in the pending list when created.  The
- * server's umask (0077) would otherwise decide the mode.
- */
+/* Raise the error of a failed fsync of path (errno set), as 58030. */
 static void
-ensure_dir(const char *path)
+fsync_failed(const char *what, const char *path)
 {
+	int			save_errno = errno;
+
+	errno = save_errno;
+	ereport(ERROR,
+			(errcode(save_errno == ENOSPC || save_errno == EDQUOT ? ERRCODE_DISK_FULL : ERRCODE_IO_ERROR),
+			 errmsg("could not fsync %s \"%s\": %m", what, path),
+			 errhint("The registration was not saved and its staged data is kept; check the storage of regstage.upload_dir, then retry.")));
+}
+
+/*
+ * fsync a directory, so the entries made in it survive a crash.  Runs at
+ * pre-commit (xact.c), where an ERROR aborts the transaction cleanly.
+ */
+void
+upload_fsync_dir(const char *path)
+{
+	int			fd = OpenTransientFile(path, O_RDONLY | O_DIRECTORY);
+
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open directory \"%s\" to fsync it: %m", path)));
+	/* some systems cannot fsync a directory at all (as fsync_fname_ext allows) */
+	if (pg_fsync(fd) != 0 && errno != EBADF && errno != EINVAL)
+		fsync_failed("directory", path);
+	if (CloseTransientFile(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close directory \"%s\": %m", path)));
+}
+
+/*
+ * Open <upload_dir>/<telegram_id> without following a symbolic link,
+ * making it (with our mode, entered in the pending actions) when absent.
+ * A link or a non-directory under that name is refused: following it would
+ * store documents wherever it points.  The descriptor is a transient file,
+ * closed by PostgreSQL itself if the (sub)transaction aborts.
+ */
+void
+upload_open_user_dir(UploadUserDir *dir, int64 telegram_id)
+{
+	bool		made = false;
 	struct stat st;
 
-	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-		return;
-	pending_add(path, true);
-	if (mkdir(path, UPLOAD_DIR_MODE) != 0 && errno != EEXIST)
+	dir->telegram_id = telegram_id;
+	snprintf(dir->path, sizeof(dir->path), "%s/" INT64_FORMAT, regstage_upload_dir, telegram_id);
+	dir->fd = OpenTransientFile(dir->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+	if (dir->fd < 0 && errno == ENOENT)
+	{
+		XactAction *action = xact_unlink_on_abort(dir->path, true, true);
+
+		if (mkdir(dir->path, UPLOAD_DIR_MODE) == 0)
+			made = true;
+		else
+		{
+			int			save_errno = errno;
+
+			/* made by someone else meanwhile: not ours to remove */
+			xact_cancel(action);
+			errno = save_errno;
+			if (errno != EEXIST)
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not create directory \"%s\": %m", dir->path),
+						 errhint("The OS user \"%s\" running PostgreSQL must be able to write to regstage.upload_dir.",
+								 server_os_user())));
+		}
+		dir->fd = OpenTransientFile(dir->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+	}
+	if (dir->fd < 0 && (errno == ELOOP || errno == ENOTDIR))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is %s, not a directory", dir->path,
+						lstat(dir->path, &st) == 0 && S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory"),
+				 errhint("Per-user entries under regstage.upload_dir must be real directories and are never followed; remove it, and the next registration makes the directory.")));
+	if (dir->fd < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not create directory \"%s\": %m", path),
+				 errmsg("could not open directory \"%s\": %m", dir->path),
 				 errhint("The OS user \"%s\" running PostgreSQL must be able to write to regstage.upload_dir.",
 						 server_os_user())));
-	if (chmod(path, UPLOAD_DIR_MODE) != 0)
+	/* the server's umask (0077) would otherwise decide the mode */
+	if (made && fchmod(dir->fd, UPLOAD_DIR_MODE) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not set the mode of directory \"%s\": %m", path)));
+				 errmsg("could not set the mode of directory \"%s\": %m", dir->path)));
+}
+
+void
+upload_close_user_dir(UploadUserDir *dir)
+{
+	if (dir->fd >= 0 && CloseTransientFile(dir->fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close directory \"%s\": %m", dir->path)));
+	dir->fd = -1;
 }
 
 /*
  * Create a fresh temporary file for one download (the caller has run
- * upload_check_dir() once for the registration), in the user's own
- * directory (<telegram_id>/.<doc_type>-<pid>-<n>.part): the final rename
- * then stays within one directory, and concurrent registrations do not
- * contend for one shared directory.
+ * upload_check_dir() once for the registration) in the user's open
+ * directory: .<doc_type>-<pid>-<n>.part.  The final move then stays within
+ * that directory, and concurrent registrations do not contend for one
+ * shared directory.  The descriptor is the caller's to close:
+ * upload_finish(), or upload_temp_discard() on an error.
  */
 void
-upload_temp_create(UploadTemp *tmp, int64 telegram_id, const char *doc_type)
+upload_temp_create(UploadTemp *tmp, UploadUserDir *dir, const char *doc_type)
 {
-	char		userdir[MAXPGPATH];
+	XactAction *action;
 
-	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, regstage_upload_dir, telegram_id);
-	ensure_dir(userdir);
-	snprintf(tmp->path, sizeof(tmp->path), "%s/.%s-%d-%u" UPLOAD_TMP_SUFFIX,
-			 userdir, doc_type, MyProcPid, ++temp_counter);
-	pending_add(tmp->path, false);
-	/* a transient file is closed by PostgreSQL itself if the transaction aborts */
-	tmp->fd = OpenTransientFilePerm(tmp->path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY,
-									UPLOAD_FILE_MODE);
+	snprintf(tmp->name, sizeof(tmp->name), ".%s-%d-%u" UPLOAD_TMP_SUFFIX,
+			 doc_type, MyProcPid, ++temp_counter);
+	snprintf(tmp->path, sizeof(tmp->path), "%s/%s", dir->path, tmp->name);
+	action = xact_unlink_on_abort(tmp->path, false, false);
+	tmp->fd = openat(dir->fd, tmp->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+					 UPLOAD_FILE_MODE);
 	if (tmp->fd < 0 && errno == ENOENT)
 	{
 		/* the cleanup removed the (empty) directory just now: make it again */
-		ensure_dir(userdir);
-		tmp->fd = OpenTransientFilePerm(tmp->path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY,
-										UPLOAD_FILE_MODE);
+		upload_close_user_dir(dir);
+		upload_open_user_dir(dir, dir->telegram_id);
+		tmp->fd = openat(dir->fd, tmp->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+						 UPLOAD_FILE_MODE);
 	}
 	if (tmp->fd < 0)
+	{
+		int			save_errno = errno;
+
+		if (save_errno == EEXIST)
+			xact_cancel(action);
+		errno = save_errno;
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create file \"%s\": %m", tmp->path),
 				 errhint("The OS user \"%s\" running PostgreSQL must be able to write to regstage.upload_dir.",
 						 server_os_user())));
+	}
 	if (fchmod(tmp->fd, UPLOAD_FILE_MODE) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not set the mode of \"%s\": %m", tmp->path)));
 }
 
-/*
- * Move a downloaded temporary file, fsync'd, to its final name
- * <telegram_id>/<doc_type>-<sha256 prefix>.<ext>; returns that name
- * relative to upload_dir.  upload_sync_user_dir() makes the rename durable.  The name is ours: nothing of Telegram's
- * file_path or file_id reaches the file system.
- */
-char *
-upload_finish(UploadTemp *tmp, int64 telegram_id, const char *doc_type,
-			  const char *sha256_hex, const char *ext)
+/* Close a temporary file after an error (its pending action unlinks it). */
+void
+upload_temp_discard(UploadTemp *tmp)
 {
-	const char *dir = regstage_upload_dir;
-	char		userdir[MAXPGPATH];
-	char		final[MAXPGPATH];
-	char	   *relpath;
-
-	if (pg_fsync(tmp->fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not fsync file \"%s\": %m", tmp->path)));
-	if (CloseTransientFile(tmp->fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not close file \"%s\": %m", tmp->path)));
+	if (tmp->fd >= 0)
+		(void) close(tmp->fd);
 	tmp->fd = -1;
-
-	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, dir, telegram_id);
-	relpath = psprintf(INT64_FORMAT "/%s-%.16s.%s", telegram_id, doc_type, sha256_hex, ext);
-	snprintf(final, sizeof(final), "%s/%s", dir, relpath);
-
-	pending_add(final, false);
-	if (rename(tmp->path, final) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not rename \"%s\" to \"%s\": %m", tmp->path, final)));
-	return relpath;
 }
 
 /*
- * Make the renames into <telegram_id>/ durable: fsync that directory once
- * for all documents, and upload_dir too when this transaction created the
- * user directory (its entry is then new as well).
+ * Move without ever replacing: RENAME_NOREPLACE, or on file systems without
+ * it a hard link (which fails on an existing name too) and an unlink.
  */
-void
-upload_sync_user_dir(int64 telegram_id)
+static int
+rename_noreplace(int dirfd, const char *from, const char *to)
 {
-	char		userdir[MAXPGPATH];
+	if (renameat2(dirfd, from, dirfd, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -1;
+	if (linkat(dirfd, from, dirfd, to, 0) != 0)
+		return -1;
+	(void) unlinkat(dirfd, from, 0);
+	return 0;
+}
 
-	snprintf(userdir, sizeof(userdir), "%s/" INT64_FORMAT, regstage_upload_dir, telegram_id);
-	fsync_fname(userdir, true);
-	for (PendingFile *p = pending_files; p; p = p->next)
-		if (p->is_dir && strcmp(p->path, userdir) == 0)
+/*
+ * Move a downloaded temporary file, fsync'd, to its final name
+ * <telegram_id>/<doc_type>-<sha256 prefix>.<ext>; returns that name
+ * relative to upload_dir.  The directory entry is made durable at
+ * pre-commit (xact.c).  The name is ours: nothing of Telegram's file_path
+ * or file_id reaches the file system.
+ *
+ * When the name exists already, it holds the same content (the name
+ * carries its hash): another transaction's committed document, or an
+ * orphan of a crashed one.  It is left alone and not marked for unlinking;
+ * the caller's INSERT then fails on the unique path if a row references
+ * it, and an abort of this transaction leaves it in place.
+ */
+char *
+upload_finish(UploadTemp *tmp, UploadUserDir *dir, const char *doc_type,
+			  const char *sha256_hex, const char *ext)
+{
+	char		final[MAXPGPATH];
+	char	   *relpath;
+	const char *name;
+	struct stat ours;
+	XactAction *action;
+
+	if (pg_fsync(tmp->fd) != 0)
+		fsync_failed("file", tmp->path);
+	if (fstat(tmp->fd, &ours) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", tmp->path)));
+	if (close(tmp->fd) != 0)
+	{
+		tmp->fd = -1;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", tmp->path)));
+	}
+	tmp->fd = -1;
+
+	relpath = psprintf(INT64_FORMAT "/%s-%.16s.%s", dir->telegram_id, doc_type, sha256_hex, ext);
+	name = strchr(relpath, '/') + 1;
+	snprintf(final, sizeof(final), "%s/%s", regstage_upload_dir, relpath);
+
+	action = xact_unlink_on_abort(final, false, true);
+	if (rename_noreplace(dir->fd, tmp->name, name) != 0)
+	{
+		int			save_errno = errno;
+		struct stat theirs;
+
+		xact_cancel(action);
+		if (save_errno != EEXIST)
 		{
-			fsync_fname(regstage_upload_dir, true);
-			break;
+			errno = save_errno;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not rename \"%s\" to \"%s\": %m", tmp->path, final)));
 		}
+		if (fstatat(dir->fd, name, &theirs, AT_SYMLINK_NOFOLLOW) != 0 ||
+			!S_ISREG(theirs.st_mode) || theirs.st_size != ours.st_size)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_FILE),
+					 errmsg("\"%s\" exists and is not this document", final),
+					 errhint("Remove it if no regstage.documents row references it (regstage.cleanup_orphans() does so once it is old enough).")));
+		(void) unlinkat(dir->fd, tmp->name, 0);
+		elog(DEBUG1, "pg_regstage: \"%s\" exists already with this content; left as it is", final);
+	}
+	return relpath;
 }
 
 PG_FUNCTION_INFO_V1(regstage_document_file_exists);

@@ -17,6 +17,7 @@ Prints a table (case | result | what was checked) and "N passed, N failed".
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,15 @@ SMALL = os.environ["FAULT_SUITE_SMALL"]
 UPLOADS = os.path.join(env.dir, "uploads")
 REDIS_DIR = os.path.join(env.dir, "redis")
 report = Report()
-case = report.case
+ONLY = [w for w in os.environ.get("FAULT_SUITE_ONLY", "").split("|") if w]   # run only cases naming one of these
+
+
+def case(name, checked):
+    if ONLY and not any(w in name for w in ONLY):
+        return lambda fn: fn
+    return report.case(name, checked)
+
+
 errors_seen = []            # every error text of the suite, grepped for the token at the end
 next_tid = [40000]
 
@@ -147,6 +156,39 @@ def invariants(failed=(), sweep=True):
 def orphan_count():
     return int(env.sql("SELECT count(*) FROM regstage.upload_files() f "
                        "WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = f)"))
+
+
+# ---- fsync failing (test/faults/eio_shim.c, preloaded into the cluster) -----------------
+EIO_CTL = os.path.join(env.dir, "eio.ctl")
+
+
+def eio_inject(*lines):
+    """Fail fsync() with EIO for paths matching lines ("file <prefix>" / "dir <prefix>")."""
+    with open(EIO_CTL, "w") as f:
+        f.write("".join(l + "\n" for l in lines))
+    os.chmod(EIO_CTL, 0o644)
+
+
+def fsync_on():
+    """fsync = on for new sessions (with fsync = off, pg_fsync does nothing)."""
+    env.sql("ALTER SYSTEM SET fsync = on")
+    env.sql("SELECT pg_reload_conf()")
+    wait_for(lambda: env.sql("SHOW fsync") == "on", 10, "fsync = on")
+
+
+def fsync_restore():
+    if os.path.exists(EIO_CTL):
+        os.unlink(EIO_CTL)
+    env.wait_pg()
+    env.sql("ALTER SYSTEM RESET fsync")
+    env.sql("SELECT pg_reload_conf()")
+    wait_for(lambda: env.sql("SHOW fsync") == "off", 10, "fsync = off")
+
+
+def cluster_identity(bystander):
+    """What a restart of every backend would change: the postmaster's pid, and a bystander session."""
+    with open(os.path.join(env.dir, "pgdata", "postmaster.pid")) as f:
+        return int(f.readline()), bystander.run("SELECT pg_backend_pid()")
 
 
 # ===========================================================================
@@ -307,6 +349,81 @@ def _():
     invariants(failed=[tid])
 
 
+@case("commit: fsync of a document fails (EIO)", "58030 naming the file; no restart (postmaster pid, other sessions kept); no rows, no files, staged kept")
+def _():
+    tid = new_tid()
+    stage(tid)
+    bystander = env.session()
+    fsync_on()
+    try:
+        before = cluster_identity(bystander)
+        eio_inject("file " + UPLOADS)
+        out = expect_failure(tid, "58030")
+        assert any("could not fsync file" in l and os.path.join(UPLOADS, str(tid)) + "/" in l for l in out), out
+        assert cluster_identity(bystander) == before, "the cluster restarted"
+    finally:
+        fsync_restore()
+        bystander.close()
+    assert not registered(tid) and not files_of(tid) and not tmp_files()
+    invariants(failed=[tid])
+
+
+@case("COMMIT: fsync of the directories fails (EIO)", "at pre-commit: 58030 naming the directory, rolled back cleanly; no restart; no rows, no files, staged kept")
+def _():
+    tid, tid2 = new_tid(), new_tid()
+    stage(tid)
+    stage(tid2)
+    bystander = env.session()
+    fsync_on()
+    try:
+        before = cluster_identity(bystander)
+        eio_inject("dir " + UPLOADS)
+        out = expect_failure(tid, "58030")                      # autocommit: the statement's commit fails
+        assert any("could not fsync directory" in l and UPLOADS in l for l in out), out
+        assert cluster_identity(bystander) == before, "the cluster restarted"
+        os.unlink(EIO_CTL)
+        s = env.session()
+        assert sqlstate(s.run("BEGIN; SELECT regstage.commit_registration(%d)" % tid2)) is None
+        assert len(files_of(tid2)) == 2
+        eio_inject("dir " + os.path.join(UPLOADS, str(tid2)))
+        out = s.run("COMMIT")
+        errors_seen.extend(out)
+        assert sqlstate(out) == "58030", out
+        assert any("could not fsync directory" in l and os.path.join(UPLOADS, str(tid2)) in l for l in out), out
+        assert s.run("SELECT 1") == ["1"], "the session goes on"
+        s.close()
+        assert cluster_identity(bystander) == before, "the cluster restarted"
+    finally:
+        fsync_restore()
+        bystander.close()
+    for t in (tid, tid2):
+        assert not registered(t) and not files_of(t), "rows or files of %d left" % t
+    assert not tmp_files()
+    invariants(failed=[tid, tid2])
+
+
+@case("commit: per-user directory is a symlink", "<upload_dir>/<telegram_id> -> elsewhere: 42809 naming it, nothing written through the link, no rows, staged kept")
+def _():
+    tid = new_tid()
+    stage(tid)
+    elsewhere = os.path.join(env.dir, "elsewhere")
+    link = os.path.join(UPLOADS, str(tid))
+    os.makedirs(elsewhere, 0o750)
+    if os.geteuid() == 0:
+        shutil.chown(elsewhere, "postgres", "postgres")
+    os.symlink(elsewhere, link)
+    try:
+        out = expect_failure(tid, "42809")
+        assert any("symbolic link" in l and link in l for l in out), out
+        assert os.listdir(elsewhere) == [], "written through the link: %s" % os.listdir(elsewhere)
+        assert os.path.islink(link), "the link is not ours to remove"
+    finally:
+        os.unlink(link)
+        shutil.rmtree(elsewhere)
+    assert not registered(tid) and not files_of(tid)
+    invariants(failed=[tid])
+
+
 @case("commit: backend terminated mid-download", "pg_terminate_backend during a download: no rows, no files (the exit aborts), staged kept")
 def _():
     tid = new_tid()
@@ -434,6 +551,40 @@ def _():
     assert st == "23505", out
     assert env.sql("SELECT regstage.staged(%d) IS NULL" % tid) == "t"
     invariants()
+
+@case("at COMMIT: Redis hung, 20 registrations", "one transaction, 20 commits, Redis SIGSTOPped: COMMIT within redis_timeout + 1 s, "
+      "rows there, one WARNING per registration; the DEL sent before the hang runs when Redis resumes")
+def _():
+    tids = [new_tid() for _ in range(20)]
+    for t in tids:
+        stage(t)
+    s = env.session()
+    assert sqlstate(s.run("BEGIN")) is None
+    for t in tids:
+        out = s.run("SELECT regstage.commit_registration(%d)" % t)
+        assert sqlstate(out) is None, out
+    redis_hang()
+    try:
+        t0 = time.time()
+        out = s.run("COMMIT")
+        took = time.time() - t0
+        assert took < 0.5 + 1.0, "COMMIT took %.1f s (redis_timeout is 500 ms)" % took
+        assert all(registered(t) for t in tids), "rows missing after COMMIT"
+    finally:
+        redis_resume()
+    errors_seen.extend(out)
+    assert sqlstate(out) is None, out
+    warned = [l for l in out if l.startswith("WARNING") and "could not be cleared from Redis" in l]
+    assert len(warned) == 20, "%d WARNINGs: %s" % (len(warned), out[:4])
+    for t in tids:
+        assert any("telegram_id %d:" % t in l for l in warned), "no WARNING names %d" % t
+    # The DEL reached the stopped Redis's socket before the deadline; Redis runs it once it resumes.
+    wait_for(lambda: all(env.sql("SELECT regstage.staged(%d) IS NULL" % t) == "t" for t in tids), 5,
+             "the staged keys deleted after SIGCONT")
+    assert s.run("SELECT regstage.staged(%d) IS NULL" % tids[0]) == ["t"], "the session reconnects"
+    s.close()
+    invariants()
+
 
 # ---- after COMMIT, before the Redis clear --------------------------------------------------
 

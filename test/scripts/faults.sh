@@ -36,6 +36,10 @@ if [ "${REGSTAGE_FAULTS_ENOSPC:-}" = shim ] || ! mount -t tmpfs -o size=512k,mod
 fi
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$SMALL"
 
+# fsync failing with EIO where $W/eio.ctl says (test/faults/eio_shim.c)
+gcc -shared -fPIC -O2 -o "$W/bin/eio_shim.so" "$SRC/test/faults/eio_shim.c" -ldl
+export LD_PRELOAD="$W/bin/eio_shim.so${LD_PRELOAD:+ $LD_PRELOAD}" REGSTAGE_EIO_CTL=$W/eio.ctl
+
 start_postgres "$W" $PG_PORT "
 shared_preload_libraries = 'pg_regstage'
 fsync = off

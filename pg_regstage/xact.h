@@ -1,0 +1,41 @@
+/*
+ * xact.h — work bound to the current (sub)transaction.
+ *
+ * One list of pending actions, like PostgreSQL's own pending relation
+ * deletes (PendingRelDelete in catalog/storage.c).  Each action belongs to
+ * the (sub)transaction that queued it: a subcommit hands it to the parent,
+ * a (sub)abort undoes or drops it, and the top-level end runs it.  xact.c
+ * is the one place that says what happens at each event, and in which
+ * order.
+ */
+#ifndef REGSTAGE_XACT_H
+#define REGSTAGE_XACT_H
+
+typedef enum XactActionKind
+{
+	XACT_UNLINK_ON_ABORT,		/* a file or directory this transaction made */
+	XACT_DELETE_ON_COMMIT,		/* a file to delete once the commit is durable */
+	XACT_CLEAR_REDIS_ON_COMMIT	/* staged keys to delete once the commit is durable */
+} XactActionKind;
+
+typedef struct XactAction XactAction;
+
+extern void xact_register_callbacks(void);
+
+/*
+ * Queue the removal of path should this (sub)transaction abort.  Call it
+ * *before* creating the object; if the object then turns out to exist
+ * already (EEXIST), xact_cancel() the action: what this transaction did not
+ * make, its abort must not remove.  With sync_parent, the directory holding
+ * path is fsync'd at pre-commit, so the new entry survives a crash.
+ */
+extern XactAction *xact_unlink_on_abort(const char *path, bool is_dir, bool sync_parent);
+extern void xact_cancel(XactAction *action);
+
+/* Delete path after the top-level commit (a failure there is a WARNING). */
+extern void xact_delete_on_commit(const char *path);
+
+/* Clear the staged Redis keys of telegram_id after the top-level commit. */
+extern void xact_clear_redis_on_commit(int64 telegram_id, int64 user_id);
+
+#endif
