@@ -237,25 +237,33 @@ redis_fetch_staged(int64 telegram_id)
 }
 
 /*
- * A typed answer, staged where the conversation stands, in one round trip:
- * the script finds the first missing text item (full_name, then phone) and
- * stores the matching candidate there, or nothing; it returns the step it
- * found, whether it wrote, and the staged state afterwards.  Candidates are
- * validated by the caller; NULL means "not acceptable as that item".
+ * A typed answer, staged where the conversation stands, in one round trip.
+ * The caller passes the typed steps in asking order (steps.h), each with its
+ * candidate value ("" when the answer is not acceptable as that item): the
+ * script finds the first step missing from the data hash and stores its
+ * candidate there, or nothing.  The sender's username rides along with the
+ * first typed answer stored.  It returns the step it found ("language" or
+ * "document" when the typed steps are not where the conversation is),
+ * whether it wrote, and the staged state afterwards.
+ *
+ *   KEYS: language, data, documents   ARGV: ttl, username, step1, cand1, ...
  */
 static const char *const stage_text_script =
 "local lang = redis.call('GET', KEYS[1])\n"
 "local step = 'document'\n"
+"local cand = ''\n"
 "if not lang then step = 'language'\n"
-"elseif redis.call('HEXISTS', KEYS[2], 'full_name') == 0 then step = 'full_name'\n"
-"elseif redis.call('HEXISTS', KEYS[2], 'phone') == 0 then step = 'phone' end\n"
+"else\n"
+"  for i = 3, #ARGV, 2 do\n"
+"    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then step = ARGV[i]; cand = ARGV[i + 1]; break end\n"
+"  end\n"
+"end\n"
 "local wrote = 0\n"
-"if step == 'full_name' and ARGV[2] ~= '' then\n"
-"  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'full_name', ARGV[2], 'username', ARGV[4])\n"
-"  else redis.call('HSET', KEYS[2], 'full_name', ARGV[2]) end\n"
-"  wrote = 1\n"
-"elseif step == 'phone' and ARGV[3] ~= '' then\n"
-"  redis.call('HSET', KEYS[2], 'phone', ARGV[3])\n"
+"if cand ~= '' then\n"
+"  redis.call('HSET', KEYS[2], step, cand)\n"
+"  if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[2], 'username') == 0 then\n"
+"    redis.call('HSET', KEYS[2], 'username', ARGV[2])\n"
+"  end\n"
 "  wrote = 1\n"
 "end\n"
 "if wrote == 1 then for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end end\n"
@@ -263,8 +271,8 @@ static const char *const stage_text_script =
 "        redis.call('TTL', KEYS[1]), redis.call('TTL', KEYS[2]), redis.call('TTL', KEYS[3])}\n";
 
 StagedRegistration *
-redis_stage_text_answer(int64 telegram_id, const char *full_name, const char *username,
-						const char *phone, char **step, bool *wrote)
+redis_stage_text_answer(int64 telegram_id, const char *username, const char *const *steps,
+						const char *const *candidates, int nsteps, char **step, bool *wrote)
 {
 	char		keys[3][KEY_BUFSIZE];
 	char		ttlbuf[16];
@@ -281,9 +289,12 @@ redis_stage_text_answer(int64 telegram_id, const char *full_name, const char *us
 	for (int k = 0; k < 3; k++)
 		redis_cmd_arg(&eval, keys[k]);
 	redis_cmd_arg(&eval, ttlbuf);
-	redis_cmd_arg(&eval, full_name ? full_name : "");
-	redis_cmd_arg(&eval, phone ? phone : "");
 	redis_cmd_arg(&eval, username ? username : "");
+	for (int i = 0; i < nsteps; i++)
+	{
+		redis_cmd_arg(&eval, steps[i]);
+		redis_cmd_arg(&eval, candidates[i] ? candidates[i] : "");
+	}
 	replies = redis_roundtrip(&eval, 1);
 	r = replies[0];
 	if (r->type != REDIS_REPLY_ARRAY || r->nelem != 8 || r->elem[0]->type != REDIS_REPLY_STRING)

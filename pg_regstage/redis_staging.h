@@ -32,8 +32,9 @@ extern void redis_stage_data_fields(int64 telegram_id, List *fields);
 extern void redis_stage_document(int64 telegram_id, const char *doc_type, const char *file_id);
 extern StagedRegistration *redis_fetch_staged(int64 telegram_id);
 extern const char *redis_staged_field(List *fields, const char *name);
-extern StagedRegistration *redis_stage_text_answer(int64 telegram_id, const char *full_name,
-												   const char *username, const char *phone,
+extern StagedRegistration *redis_stage_text_answer(int64 telegram_id, const char *username,
+												   const char *const *steps,
+												   const char *const *candidates, int nsteps,
 												   char **step, bool *wrote);
 extern bool redis_extend_ttl(int64 telegram_id);
 extern bool redis_clear(int64 telegram_id);

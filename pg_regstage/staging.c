@@ -15,6 +15,7 @@
 
 #include "guc.h"
 #include "redis_staging.h"
+#include "steps.h"
 #include "staging.h"
 #include "validate.h"
 
@@ -200,6 +201,23 @@ regstage_staged(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The value a typed answer would be staged as at a typed step, or NULL when
+ * it is not acceptable there (validated like stage_user_data's values).
+ */
+static const char *
+text_step_candidate(const char *step, const char *answer)
+{
+	char	   *why;
+
+	if (strcmp(step, "full_name") == 0)
+		return normalize_full_name(answer, &why);
+	if (strcmp(step, "phone") == 0)
+		return strlen(answer) <= 64 ? normalize_phone(answer) : NULL;
+	elog(ERROR, "no rule for the typed step \"%s\"", step);
+	return NULL;				/* keep the compiler quiet */
+}
+
+/*
  * stage_text_answer(telegram_id, answer, username): a typed answer, staged
  * as the full name or the phone — whichever the conversation is at — in
  * one Redis round trip.  Returns {"step": <first missing of language,
@@ -213,9 +231,7 @@ regstage_stage_text_answer(PG_FUNCTION_ARGS)
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	char	   *answer = text_arg(fcinfo, 1, "answer");
 	char	   *username = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	char	   *why;
-	char	   *full_name = normalize_full_name(answer, &why);
-	char	   *phone = strlen(answer) <= 64 ? normalize_phone(answer) : NULL;
+	const char *candidates[REGSTAGE_N_TEXT_STEPS];
 	char	   *step;
 	bool		wrote;
 	bool		isnull;
@@ -226,7 +242,10 @@ regstage_stage_text_answer(PG_FUNCTION_ARGS)
 	if (username && (username[0] == '\0' || strlen(username) > 64 ||
 					 strspn(username, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(username)))
 		username = NULL;		/* optional: an odd one is simply not kept */
-	s = redis_stage_text_answer(telegram_id, full_name, username, phone, &step, &wrote);
+	for (int i = 0; i < REGSTAGE_N_TEXT_STEPS; i++)
+		candidates[i] = text_step_candidate(regstage_text_steps[i], answer);
+	s = redis_stage_text_answer(telegram_id, username, regstage_text_steps, candidates,
+								REGSTAGE_N_TEXT_STEPS, &step, &wrote);
 	state = staged_to_jsonb(s, &isnull);
 
 	initStringInfo(&buf);
@@ -238,8 +257,9 @@ regstage_stage_text_answer(PG_FUNCTION_ARGS)
 }
 
 /*
- * What a staged registration still needs, in asking order: language,
- * full_name, phone, then the document types of regstage.required_documents.
+ * What a staged registration still needs, in asking order (steps.h): the
+ * language, the typed steps, then the document types of
+ * regstage.required_documents.
  */
 List *
 staging_missing_items(StagedRegistration *s)
@@ -248,11 +268,10 @@ staging_missing_items(StagedRegistration *s)
 	ListCell   *lc;
 
 	if (s->language == NULL)
-		missing = lappend(missing, "language");
-	if (redis_staged_field(s->data, "full_name") == NULL)
-		missing = lappend(missing, "full_name");
-	if (redis_staged_field(s->data, "phone") == NULL)
-		missing = lappend(missing, "phone");
+		missing = lappend(missing, REGSTAGE_STEP_LANGUAGE);
+	for (int i = 0; i < REGSTAGE_N_TEXT_STEPS; i++)
+		if (redis_staged_field(s->data, regstage_text_steps[i]) == NULL)
+			missing = lappend(missing, (char *) regstage_text_steps[i]);
 	foreach(lc, regstage_required_document_list())
 		if (redis_staged_field(s->documents, lfirst(lc)) == NULL)
 			missing = lappend(missing, lfirst(lc));

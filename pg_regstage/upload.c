@@ -322,6 +322,21 @@ upload_finish(UploadTemp *tmp, UploadUserDir *dir, const char *doc_type,
 	return relpath;
 }
 
+/*
+ * Does a documents.file_path stay inside upload_dir?  Not empty, not
+ * absolute, no ".." component: checked on the text, without touching the
+ * file system.
+ */
+bool
+upload_relpath_is_safe(const char *rel)
+{
+	size_t		len = strlen(rel);
+
+	return !(rel[0] == '\0' || rel[0] == '/' ||
+			 strcmp(rel, "..") == 0 || strncmp(rel, "../", 3) == 0 || strstr(rel, "/../") != NULL ||
+			 (len >= 3 && strcmp(rel + len - 3, "/..") == 0));
+}
+
 PG_FUNCTION_INFO_V1(regstage_document_file_exists);
 
 /*
@@ -336,9 +351,7 @@ regstage_document_file_exists(PG_FUNCTION_ARGS)
 	char		path[MAXPGPATH];
 	struct stat st;
 
-	if (regstage_upload_dir[0] == '\0' || rel[0] == '\0' || rel[0] == '/' ||
-		strcmp(rel, "..") == 0 || strncmp(rel, "../", 3) == 0 || strstr(rel, "/../") != NULL ||
-		(strlen(rel) >= 3 && strcmp(rel + strlen(rel) - 3, "/..") == 0))
+	if (regstage_upload_dir[0] == '\0' || !upload_relpath_is_safe(rel))
 		PG_RETURN_BOOL(false);
 	snprintf(path, sizeof(path), "%s/%s", regstage_upload_dir, rel);
 	PG_RETURN_BOOL(lstat(path, &st) == 0 && S_ISREG(st.st_mode));

@@ -44,4 +44,6 @@ extern char *upload_finish(UploadTemp *tmp, UploadUserDir *dir, const char *doc_
 						   const char *sha256_hex, const char *ext);
 extern void upload_fsync_dir(const char *path);
 
+extern bool upload_relpath_is_safe(const char *rel);
+
 #endif

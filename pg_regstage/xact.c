@@ -104,6 +104,31 @@ xact_delete_on_commit(const char *path)
 	(void) action_new(XACT_DELETE_ON_COMMIT, path);
 }
 
+/*
+ * A row references path again (a new document with the same content-hash
+ * name, a path repaired onto it): the file must stay.  Dropped for the whole
+ * transaction — should the referencing subtransaction abort, the file is
+ * left to the orphan cleanup, never deleted while something may use it.
+ */
+void
+xact_keep_file(const char *path)
+{
+	XactAction **link = &pending_actions;
+
+	while (*link)
+	{
+		XactAction *a = *link;
+
+		if (a->kind == XACT_DELETE_ON_COMMIT && strcmp(a->path, path) == 0)
+		{
+			*link = a->next;
+			pfree(a);
+		}
+		else
+			link = &a->next;
+	}
+}
+
 void
 xact_clear_redis_on_commit(int64 telegram_id, int64 user_id)
 {

@@ -34,6 +34,8 @@ extern void xact_cancel(XactAction *action);
 
 /* Delete path after the top-level commit (a failure there is a WARNING). */
 extern void xact_delete_on_commit(const char *path);
+/* Path is referenced again: drop its pending delete. */
+extern void xact_keep_file(const char *path);
 
 /* Clear the staged Redis keys of telegram_id after the top-level commit. */
 extern void xact_clear_redis_on_commit(int64 telegram_id, int64 user_id);
