@@ -6,22 +6,24 @@
 set -Eeuo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
+. "$SRC/test/lib/relays.sh"
 
 W=$REGSTAGE_TEST_DIR/faults
 PG_PORT=25436 REDIS_PORT=26382 API_PORT=28082
 SMALL=$W/small
+export REGSTAGE_RELAY_PIDS; REGSTAGE_RELAY_PIDS=$(relay_pidfile faults)
 cleanup() {
 	local -
 	set +e
 	[ -f "$W/redis/redis.pid" ] && kill -CONT "$(cat "$W/redis/redis.pid")" 2>/dev/null
-	pkill -f "$W/bin/fuzz_relay_parse" 2>/dev/null
-	stop_pidfile "$W/relay.pid"
+	stop_relays "$REGSTAGE_RELAY_PIDS"
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
 	mountpoint -q "$SMALL" && umount "$SMALL"
 }
 trap cleanup EXIT
+stop_relays "$REGSTAGE_RELAY_PIDS"	# relays of a crashed earlier run
 rm -rf "$W"; mkdir -p "$W/bin"; chmod 0755 "$W"
 TOKEN=$(new_token)
 server_owned_dir 0750 "$W/uploads"
@@ -53,10 +55,12 @@ unset LD_PRELOAD
 start_redis "$W" $REDIS_PORT
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"
 
-# the libFuzzer target (clang + libclang-rt-14-dev)
-clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$SRC/relay" -I"$($PG_CONFIG --includedir)" \
+# the libFuzzer targets (clang + libclang-rt-14-dev)
+nice clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -I"$SRC/relay" -I"$($PG_CONFIG --includedir)" \
 	"$SRC/test/fuzz/fuzz_relay_parse.c" "$SRC/relay/telegram.c" "$SRC/relay/dispatch.c" "$SRC/relay/log.c" \
 	-lcurl -ljansson -lpq -lpthread -o "$W/bin/fuzz_relay_parse"
+nice clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -I"$SRC/relay" \
+	"$SRC/test/fuzz/fuzz_relay_redact.c" "$SRC/relay/log.c" -lpthread -o "$W/bin/fuzz_relay_redact"
 
 export FAULT_SUITE_DIR=$W FAULT_SUITE_PG_PORT=$PG_PORT FAULT_SUITE_API_PORT=$API_PORT FAULT_SUITE_TOKEN=$TOKEN
 export FAULT_SUITE_BIN=$SRC/relay/regstage-relay FAULT_SUITE_REDIS_PORT=$REDIS_PORT FAULT_SUITE_SMALL=$SMALL
