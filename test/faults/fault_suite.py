@@ -153,6 +153,8 @@ def orphan_count():
 env.sql("CREATE EXTENSION IF NOT EXISTS pg_regstage")
 env.sql("DO $$ BEGIN CREATE ROLE relay_bot LOGIN IN ROLE regstage_bot; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
 env.sql("CREATE TABLE IF NOT EXISTS public.payroll (name text, salary int)")
+# the relay asks regstage.is_outage() which failures to hold and retry
+env.sql("GRANT EXECUTE ON FUNCTION regstage.is_outage(text) TO regstage_bot")
 redis_cli("FLUSHALL")
 
 # ---- staging ------------------------------------------------------------------
@@ -468,19 +470,63 @@ def relay_replies_ok(tids):
         assert len(texts) == len(set(texts)), "a reply sent twice for %d: %s" % (t, texts)
 
 
-@case("relay: PostgreSQL restarted mid-stream", "10 registrations while the cluster restarts: all registered, each update applied once")
+@case("relay: PostgreSQL restarted mid-stream", "10 registrations; the cluster restarts while a commit is downloading "
+      "and updates are unconfirmed: all registered, each update applied once")
 def _():
+    offset = os.path.getsize(env.relay_log) if os.path.exists(env.relay_log) else 0
     relay = Relay(env)
     try:
         tids = [new_tid() for _ in range(10)]
-        ups = [u for t in tids for u in registration(t)]
+        # the first registration's selfie downloads for 2.5 s (download_timeout is 3 s): its commit is in flight at the restart
+        ups = [u for i, t in enumerate(tids) for u in registration(t, selfie="dldelay2500_AgACs" if i == 0 else "AgACs")]
         ids = env.inject(ups)["update_ids"]
-        time.sleep(0.3)
+        wait_for(lambda: any("/%d/.selfie-" % tids[0] in f for f in tmp_files()), 20, "the slow commit downloading")
+
+        def applied():
+            return int(env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
+                               % (min(ids), max(ids))))
+        before = applied()
         env.pg_ctl("restart", "-m", "fast")
+        assert before < len(ids), "all %d updates were applied before the restart" % len(ids)
+        assert not registered(tids[0]), "the slow registration committed before the restart"
         wait_for(lambda: all(registered(t) for t in tids), 60, "10 registrations")
-        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
-                                 % (min(ids), max(ids))) == str(len(ids)), 20, "every update applied")
+        wait_for(lambda: applied() == len(ids), 20, "every update applied")
         relay_replies_ok(tids)
+        with open(env.relay_log) as f:
+            f.seek(offset)
+            log = f.read()
+        assert "outage (" in log or "database unavailable" in log, "the relay never saw the restart"
+        assert "skipped" not in log, "an update was skipped"
+    finally:
+        assert relay.stop() == 0
+    invariants()
+
+
+@case("relay: Redis outage retried", "Redis stopped (handle_update raises 08001): the update is held past "
+      "RELAY_MAX_ATTEMPTS=3 tries, not skipped, and answered once Redis is back")
+def _():
+    offset = os.path.getsize(env.relay_log) if os.path.exists(env.relay_log) else 0
+    tid = new_tid()
+
+    def log_since():
+        with open(env.relay_log) as f:
+            f.seek(offset)
+            return f.read()
+    relay = Relay(env)
+    try:
+        redis_stop()
+        try:
+            uid = env.inject([text(tid, "/start")])["update_ids"][0]
+            wait_for(lambda: "update %d: outage (08001)" % uid in log_since(), 20, "the outage logged")
+            # backoff 250, 500, 1000, 2000 ms: 5 tries in 4 s, more than RELAY_MAX_ATTEMPTS
+            time.sleep(4)
+            assert "update %d: skipped" % uid not in log_since(), "skipped during an outage"
+            assert "update %d: handle_update failed" % uid not in log_since(), "an outage counted as a failed attempt"
+            assert not env.calls(tid), "a reply while Redis is down"
+        finally:
+            redis_start()
+        wait_for(lambda: env.calls(tid, "sendMessage"), 40, "the reply once Redis is back")
+        assert len(env.calls(tid, "sendMessage")) == 1
     finally:
         assert relay.stop() == 0
     invariants()
@@ -605,19 +651,25 @@ def _():
     invariants()
 
 
-@case("security: libFuzzer on the relay's Bot API parsing", "20 s of coverage-guided inputs: no crash, no leak, token always redacted")
+@case("security: libFuzzer on the relay's Bot API parsing and redaction", "20 s of coverage-guided Bot API bodies: "
+      "no crash, no leak, no undefined behaviour, token always redacted; 10 s of random tokens and lines through "
+      "the log redaction: never the token, never past the buffer")
 def _():
-    corpus = os.path.join(env.dir, "fuzz-corpus")
-    os.makedirs(corpus, exist_ok=True)
-    src = os.path.join(os.environ["FAULT_SUITE_SRC"], "test", "fuzz", "corpus")
-    for f in os.listdir(src):
-        with open(os.path.join(src, f), "rb") as a, open(os.path.join(corpus, f), "wb") as b:
-            b.write(a.read())
-    out = subprocess.run([os.path.join(env.dir, "bin", "fuzz_relay_parse"), "-max_total_time=20", "-rss_limit_mb=512",
-                          "-artifact_prefix=%s/" % env.dir, corpus], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-1500:]
-    runs = [l for l in out.stderr.splitlines() if l.startswith("Done ")]
-    assert runs, out.stderr[-500:]
+    for target, seconds in (("fuzz_relay_parse", 20), ("fuzz_relay_redact", 10)):
+        corpus = os.path.join(env.dir, "fuzz-corpus", target)
+        os.makedirs(corpus, exist_ok=True)
+        src = os.path.join(os.environ["FAULT_SUITE_SRC"], "test", "fuzz", "corpus", target)
+        for f in os.listdir(src):
+            with open(os.path.join(src, f), "rb") as a, open(os.path.join(corpus, f), "wb") as b:
+                b.write(a.read())
+        out = subprocess.run(["nice", os.path.join(env.dir, "bin", target), "-max_total_time=%d" % seconds,
+                              "-rss_limit_mb=512", "-artifact_prefix=%s/%s-" % (env.dir, target), corpus],
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"))
+        assert out.returncode == 0, "%s: %s" % (target, out.stderr[-1500:])
+        runs = [l for l in out.stderr.splitlines() if l.startswith("Done ")]
+        assert runs, out.stderr[-500:]
+        print("    %s: %s" % (target, runs[-1]))
 
 # ---- load ---------------------------------------------------------------------------
 
