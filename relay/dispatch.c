@@ -558,7 +558,7 @@ perform_calls(TgClient *tg, const char *calls_json, int64_t update_id)
 			relay_log(LOG_ERROR, "update %lld: call %zu has no valid method", (long long) update_id, i);
 			continue;
 		}
-		body = json_dumps(params ? params : json_object(), JSON_COMPACT);
+		body = params ? json_dumps(params, JSON_COMPACT) : strdup("{}");
 		if (body)
 		{
 			perform_call(tg, method, body, update_id);
