@@ -30,12 +30,28 @@
 #include "telegram.h"
 
 #define SEND_ATTEMPTS 5
-#define BACKOFF_CAP_MS 30000
+
+/*
+ * libpq settings of every relay connection, before DATABASE_URL's own (which
+ * win): a peer that vanished without a FIN or RST must not hold a worker
+ * forever.  Keepalive probes start after 30 s idle, every 10 s, 3 lost ones
+ * drop the connection (about a minute); tcp_user_timeout drops it when sent
+ * data stays unacknowledged that long (a query sent to a dead server, where
+ * keepalives do not run); connect_timeout bounds the connection attempt,
+ * unless PGCONNECT_TIMEOUT says otherwise.  A long handle_update (a slow
+ * download) keeps an idle, healthy socket and is not affected.
+ */
+#define PG_KEEPALIVES_IDLE "30"
+#define PG_KEEPALIVES_INTERVAL "10"
+#define PG_KEEPALIVES_COUNT "3"
+#define PG_TCP_USER_TIMEOUT "60000"
+#define PG_CONNECT_TIMEOUT "10"
 
 typedef struct Item
 {
 	int64_t		update_id;
 	int64_t		chat_id;
+	bool		own_chat;		/* no chat: ordered with nothing else */
 	char	   *json;			/* the update, as sent to handle_update */
 	bool		done;
 	uint64_t	send_seq;		/* its place in the chat's reply order */
@@ -46,6 +62,7 @@ typedef struct Item
 typedef struct Chat
 {
 	int64_t		chat_id;
+	bool		own;			/* one update's private queue, never shared */
 	Item	   *head;			/* FIFO of this chat's pending updates */
 	Item	   *tail;
 	bool		running;		/* a worker runs handle_update for the head */
@@ -84,9 +101,9 @@ now_ms(void)
 	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
 }
 
-/* The chat an update belongs to; updates without one are their own "chat". */
-int64_t
-dispatch_update_chat(json_t *u, int64_t update_id)
+/* The chat an update belongs to; false for updates without one. */
+bool
+dispatch_update_chat(json_t *u, int64_t *chat_id)
 {
 	static const char *const kinds[] = {"message", "edited_message", "channel_post", "edited_channel_post"};
 	json_t	   *cq = json_object_get(u, "callback_query");
@@ -98,7 +115,10 @@ dispatch_update_chat(json_t *u, int64_t update_id)
 
 		id = m ? json_object_get(json_object_get(m, "chat"), "id") : NULL;
 		if (json_is_integer(id))
-			return json_integer_value(id);
+		{
+			*chat_id = json_integer_value(id);
+			return true;
+		}
 	}
 	if (cq)
 	{
@@ -106,23 +126,29 @@ dispatch_update_chat(json_t *u, int64_t update_id)
 		if (!json_is_integer(id))
 			id = json_object_get(json_object_get(cq, "from"), "id");
 		if (json_is_integer(id))
-			return json_integer_value(id);
+		{
+			*chat_id = json_integer_value(id);
+			return true;
+		}
 	}
-	return INT64_MIN + update_id;	/* unique: never serialised with anything */
+	*chat_id = 0;
+	return false;
 }
 
+/* The queue of a chat, created if needed; own: a new one no other update shares. */
 static Chat *
-chat_get(int64_t chat_id)
+chat_get(int64_t chat_id, bool own)
 {
 	Chat	   *c;
 
-	for (c = chats; c; c = c->next)
-		if (c->chat_id == chat_id)
+	for (c = own ? NULL : chats; c; c = c->next)
+		if (c->chat_id == chat_id && !c->own)
 			return c;
 	c = calloc(1, sizeof(Chat));
 	if (c == NULL)
 		return NULL;
 	c->chat_id = chat_id;
+	c->own = own;
 	c->next = chats;
 	chats = c;
 	return c;
@@ -186,14 +212,19 @@ dispatch_submit(json_t *update)
 		return false;			/* redelivered while still in flight, or done */
 	}
 	it = calloc(1, sizeof(Item));
-	it->update_id = update_id;
-	it->chat_id = dispatch_update_chat(update, update_id);
-	it->json = json_dumps(update, JSON_COMPACT);
-	c = chat_get(it->chat_id);
-	if (it->json == NULL || c == NULL)
+	if (it != NULL)
 	{
+		it->update_id = update_id;
+		it->own_chat = !dispatch_update_chat(update, &it->chat_id);
+		it->json = json_dumps(update, JSON_COMPACT);
+	}
+	c = (it && it->json) ? chat_get(it->chat_id, it->own_chat) : NULL;
+	if (c == NULL)
+	{
+		/* not seen: a later getUpdates brings it again */
 		relay_log(LOG_ERROR, "out of memory queueing update %lld", (long long) update_id);
-		free(it->json);
+		if (it)
+			free(it->json);
 		free(it);
 		pthread_mutex_unlock(&mu);
 		return false;
@@ -315,22 +346,52 @@ dispatch_wait_progress(long ms)
 	pthread_mutex_unlock(&mu);
 }
 
-/* Errors that mean "something is down", not "this update is bad": retried without limit. */
-static bool
-is_outage(const char *sqlstate)
-{
-	return sqlstate == NULL ||
-		strncmp(sqlstate, "08", 2) == 0 || strncmp(sqlstate, "53", 2) == 0 ||
-		strncmp(sqlstate, "57", 2) == 0 || strncmp(sqlstate, "58", 2) == 0 ||
-		strncmp(sqlstate, "40", 2) == 0;
-}
-
 static long
 backoff_ms(int attempt)
 {
-	long		ms = 250L << (attempt < 7 ? attempt : 7);
+	return relay_backoff_ms(250, attempt);
+}
 
-	return ms > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : ms;
+static PGconn *
+connect_db(void)
+{
+	const char *keys[] = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+	"tcp_user_timeout", "connect_timeout", "dbname", NULL};
+	const char *values[] = {"1", PG_KEEPALIVES_IDLE, PG_KEEPALIVES_INTERVAL, PG_KEEPALIVES_COUNT,
+		PG_TCP_USER_TIMEOUT, getenv("PGCONNECT_TIMEOUT") ? NULL : PG_CONNECT_TIMEOUT,
+	relay_config.database_url, NULL};
+
+	/* expand_dbname: DATABASE_URL, last, overrides the settings above */
+	return PQconnectdbParams(keys, values, 1);
+}
+
+/*
+ * Is this failure an outage (something is down: hold the update and retry
+ * without limit) rather than a bad update (counted, skipped in the end)?
+ * A broken connection is an outage; otherwise the database decides:
+ * regstage.is_outage() is the one list, asked on the same connection (the
+ * failed statement's transaction is already gone).  When it cannot be
+ * asked, the update is held: skipping it could lose a user's message.
+ */
+static bool
+failure_is_outage(PGconn *conn, const char *sqlstate, char *why, size_t whylen)
+{
+	PGresult   *res;
+	bool		outage = true;
+
+	why[0] = '\0';
+	if (PQstatus(conn) != CONNECTION_OK || sqlstate == NULL)
+		return true;
+	res = PQexecParams(conn, "SELECT regstage.is_outage($1)", 1, NULL, &sqlstate, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+		outage = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	else
+	{
+		snprintf(why, whylen, "regstage.is_outage() could not be asked: %s", PQresultErrorMessage(res));
+		why[strcspn(why, "\n")] = '\0';
+	}
+	PQclear(res);
+	return outage;
 }
 
 /*
@@ -350,14 +411,14 @@ run_handle_update(PGconn **conn, Item *it, bool *skipped)
 		PGresult   *res;
 		const char *params[1] = {it->json};
 
-		if (relay_stop)
+		if (atomic_load(&relay_stop))
 			return NULL;
 		if (*conn == NULL || PQstatus(*conn) != CONNECTION_OK)
 		{
 			if (*conn)
 				PQfinish(*conn);
-			*conn = PQconnectdb(relay_config.database_url);
-			if (PQstatus(*conn) != CONNECTION_OK)
+			*conn = connect_db();
+			if (*conn == NULL || PQstatus(*conn) != CONNECTION_OK)
 			{
 				char		msg[512];
 
@@ -378,27 +439,38 @@ run_handle_update(PGconn **conn, Item *it, bool *skipped)
 			char	   *calls = strdup(PQgetvalue(res, 0, 0));
 
 			PQclear(res);
+			if (calls == NULL)
+			{
+				relay_log(LOG_ERROR, "update %lld: committed, but out of memory for its replies; they are not sent",
+						  (long long) it->update_id);
+				*skipped = true;
+			}
 			return calls;
 		}
 		{
-			const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+			char		sqlstate[6] = "";
 			char		msg[512];
+			char		why[512];
+			const char *field = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+			bool		has_state = field != NULL;
 
+			if (has_state)
+				snprintf(sqlstate, sizeof(sqlstate), "%s", field);
 			snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
 			msg[strcspn(msg, "\n")] = '\0';
-			if (PQstatus(*conn) != CONNECTION_OK || is_outage(sqlstate))
+			PQclear(res);
+			if (failure_is_outage(*conn, has_state ? sqlstate : NULL, why, sizeof(why)))
 			{
 				if (outage == 0 || outage % 10 == 0)
-					relay_log(LOG_ERROR, "update %lld: outage (%s), held and retried: %s",
-							  (long long) it->update_id, sqlstate ? sqlstate : "connection", msg);
-				PQclear(res);
+					relay_log(LOG_ERROR, "update %lld: outage (%s), held and retried: %s%s%s",
+							  (long long) it->update_id, has_state ? sqlstate : "connection", msg,
+							  why[0] ? "; " : "", why);
 				relay_sleep_ms(backoff_ms(outage++));
 				continue;
 			}
 			attempts++;
 			relay_log(LOG_ERROR, "update %lld: handle_update failed (%s), attempt %d of %d: %s",
 					  (long long) it->update_id, sqlstate, attempts, relay_config.max_attempts, msg);
-			PQclear(res);
 			if (attempts >= relay_config.max_attempts)
 			{
 				relay_log(LOG_ERROR, "update %lld: skipped after %d failed attempts",
@@ -428,8 +500,7 @@ perform_call(TgClient *tg, const char *method, const char *body, int64_t update_
 		if (res.http_status == 401)
 		{
 			relay_log(LOG_ERROR, "the Bot API refused the token (401 %s); check TELEGRAM_BOT_TOKEN", res.error);
-			relay_fatal = 1;
-			relay_stop = 1;
+			relay_request_stop(true);
 			tg_result_clear(&res);
 			return;
 		}
@@ -442,7 +513,7 @@ perform_call(TgClient *tg, const char *method, const char *body, int64_t update_
 			tg_result_clear(&res);
 			relay_sleep_ms(wait_s * 1000L);
 			attempt--;			/* a rate limit is not a failure */
-			if (relay_stop)
+			if (atomic_load(&relay_stop))
 				return;
 			continue;
 		}
@@ -487,14 +558,14 @@ perform_calls(TgClient *tg, const char *calls_json, int64_t update_id)
 			relay_log(LOG_ERROR, "update %lld: call %zu has no valid method", (long long) update_id, i);
 			continue;
 		}
-		body = json_dumps(params ? params : json_object(), JSON_COMPACT);
+		body = params ? json_dumps(params, JSON_COMPACT) : strdup("{}");
 		if (body)
 		{
 			perform_call(tg, method, body, update_id);
 			free(body);
 			n++;
 		}
-		if (relay_fatal)
+		if (atomic_load(&relay_fatal))
 			break;
 	}
 	json_decref(calls);
@@ -510,7 +581,7 @@ worker_main(void *arg)
 	if (tg == NULL)
 	{
 		relay_log(LOG_ERROR, "could not create an HTTP client");
-		relay_fatal = relay_stop = 1;
+		relay_request_stop(true);
 		return NULL;
 	}
 	for (;;)

@@ -18,8 +18,11 @@
 #define DISPATCH_MAX_INFLIGHT 500
 
 bool		dispatch_start(int nworkers);
-/* The chat an update belongs to (exposed for the fuzz target). */
-int64_t		dispatch_update_chat(json_t *update, int64_t update_id);
+/*
+ * The chat an update belongs to, in *chat_id; false when it has none (it is
+ * then ordered with nothing else).  Exposed for the fuzz target.
+ */
+bool		dispatch_update_chat(json_t *update, int64_t *chat_id);
 /* Queue an update (takes a reference); false if it was seen before. */
 bool		dispatch_submit(json_t *update);
 /* The getUpdates offset: one past the last update of a done prefix. */

@@ -19,12 +19,11 @@
 #include "relay.h"
 #include "telegram.h"
 
-#define BACKOFF_CAP_MS 30000
 #define STUCK_POLL_MS 50
 
 RelayConfig relay_config;
-volatile sig_atomic_t relay_stop = 0;
-volatile sig_atomic_t relay_fatal = 0;
+atomic_bool relay_stop = false;
+atomic_bool relay_fatal = false;
 
 static void
 usage(FILE *out)
@@ -35,7 +34,7 @@ usage(FILE *out)
 			"Usage: regstage-relay [--help] [--version]\n"
 			"\n"
 			"Environment:\n"
-			"  TELEGRAM_BOT_TOKEN   bot token (required; never logged)\n"
+			"  TELEGRAM_BOT_TOKEN   bot token, <digits>:<35 characters> (required; never logged)\n"
 			"  TELEGRAM_API_URL     Bot API base URL (default https://api.telegram.org)\n"
 			"  DATABASE_URL         libpq connection string or URI (default: libpq's defaults)\n"
 			"  RELAY_WORKERS        database connections / parallel chats (default 4)\n"
@@ -88,10 +87,12 @@ load_config(void)
 		relay_config.log_level = LOG_ERROR;
 	else if (level && strcmp(level, "debug") == 0)
 		relay_config.log_level = LOG_DEBUG;
-	if (relay_config.token == NULL || strlen(relay_config.token) < 4 ||
-		strpbrk(relay_config.token, "/?#& \t\r\n") != NULL)
+	if (!relay_token_valid(relay_config.token))
 	{
-		fprintf(stderr, "regstage-relay: TELEGRAM_BOT_TOKEN is missing or malformed (see --help)\n");
+		/* the value itself is not printed: it may be a real token, mistyped */
+		fprintf(stderr, "regstage-relay: TELEGRAM_BOT_TOKEN is %s; a bot token is <digits>:<35 characters "
+				"of A-Z a-z 0-9 _ -> as BotFather gives it (see --help)\n",
+				relay_config.token == NULL || *relay_config.token == '\0' ? "not set" : "not a bot token");
 		exit(2);
 	}
 	if (strncmp(relay_config.api_url, "http://", 7) != 0 && strncmp(relay_config.api_url, "https://", 8) != 0)
@@ -138,15 +139,13 @@ choose_ca_path(void)
 static void
 on_signal(int sig)
 {
-	relay_stop = 1;
+	atomic_store(&relay_stop, true);
 }
 
 static long
 backoff_ms(int failures)
 {
-	long		ms = 500L << (failures < 6 ? failures : 6);
-
-	return ms > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : ms;
+	return relay_backoff_ms(500, failures);
 }
 
 /* One getUpdates round: queue what is new.  Returns false on a failed call. */
@@ -187,7 +186,7 @@ poll_once(TgClient *tg, int *new_updates, int *failures)
 	{
 		relay_log(LOG_ERROR, "the Bot API refused the token (%ld %s); check TELEGRAM_BOT_TOKEN",
 				  res.http_status, res.error);
-		relay_fatal = relay_stop = 1;
+		relay_request_stop(true);
 	}
 	else if (res.http_status == 429)
 	{

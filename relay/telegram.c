@@ -57,7 +57,7 @@ progress_cb(void *userdata, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t
 {
 	TgClient   *cl = userdata;
 
-	return (cl->abort_on_stop && relay_stop) ? 1 : 0;
+	return (cl->abort_on_stop && atomic_load(&relay_stop)) ? 1 : 0;
 }
 
 TgClient *
@@ -161,9 +161,7 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 	memset(url, 0, sizeof(url));
 	if (rc != CURLE_OK)
 	{
-		snprintf(res->error, sizeof(res->error), "%s",
-				 c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
-		relay_redact(res->error);
+		relay_redact(c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc), res->error, sizeof(res->error));
 		return;
 	}
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
@@ -174,7 +172,10 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 void
 tg_result_from_body(TgResult *res, const char *data, size_t len)
 {
-	res->body = tg_parse_body(data, len, res->error, sizeof(res->error));
+	char		parse_error[sizeof(res->error)] = "";
+	const char *error = parse_error;
+
+	res->body = tg_parse_body(data, len, parse_error, sizeof(parse_error));
 	if (res->body)
 	{
 		json_t	   *desc = json_object_get(res->body, "description");
@@ -182,9 +183,9 @@ tg_result_from_body(TgResult *res, const char *data, size_t len)
 		json_t	   *ra = params ? json_object_get(params, "retry_after") : NULL;
 
 		if (json_is_string(desc))
-			snprintf(res->error, sizeof(res->error), "%s", json_string_value(desc));
+			error = json_string_value(desc);
 		if (json_is_integer(ra) && json_integer_value(ra) > 0 && json_integer_value(ra) < 3600)
 			res->retry_after = (int) json_integer_value(ra);
 	}
-	relay_redact(res->error);
+	relay_redact(error, res->error, sizeof(res->error));
 }

@@ -117,5 +117,5 @@ make_test_cert() {	# <dir>: a throwaway self-signed certificate for 127.0.0.1 ->
 }
 
 new_token() {	# a random token in Telegram's shape; never printed
-	printf '%s:%s' "$((RANDOM * 32768 + RANDOM))" "$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 35)"
+	printf '%s:%s' "$((RANDOM * 32768 + RANDOM))" "$(head -c 60 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 35)"
 }

@@ -620,19 +620,63 @@ def relay_replies_ok(tids):
         assert len(texts) == len(set(texts)), "a reply sent twice for %d: %s" % (t, texts)
 
 
-@case("relay: PostgreSQL restarted mid-stream", "10 registrations while the cluster restarts: all registered, each update applied once")
+@case("relay: PostgreSQL restarted mid-stream", "10 registrations; the cluster restarts while a commit is downloading "
+      "and updates are unconfirmed: all registered, each update applied once")
 def _():
+    offset = os.path.getsize(env.relay_log) if os.path.exists(env.relay_log) else 0
     relay = Relay(env)
     try:
         tids = [new_tid() for _ in range(10)]
-        ups = [u for t in tids for u in registration(t)]
+        # the first registration's selfie downloads for 2.5 s (download_timeout is 3 s): its commit is in flight at the restart
+        ups = [u for i, t in enumerate(tids) for u in registration(t, selfie="dldelay2500_AgACs" if i == 0 else "AgACs")]
         ids = env.inject(ups)["update_ids"]
-        time.sleep(0.3)
+        wait_for(lambda: any("/%d/.selfie-" % tids[0] in f for f in tmp_files()), 20, "the slow commit downloading")
+
+        def applied():
+            return int(env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
+                               % (min(ids), max(ids))))
+        before = applied()
         env.pg_ctl("restart", "-m", "fast")
+        assert before < len(ids), "all %d updates were applied before the restart" % len(ids)
+        assert not registered(tids[0]), "the slow registration committed before the restart"
         wait_for(lambda: all(registered(t) for t in tids), 60, "10 registrations")
-        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
-                                 % (min(ids), max(ids))) == str(len(ids)), 20, "every update applied")
+        wait_for(lambda: applied() == len(ids), 20, "every update applied")
         relay_replies_ok(tids)
+        with open(env.relay_log) as f:
+            f.seek(offset)
+            log = f.read()
+        assert "outage (" in log or "database unavailable" in log, "the relay never saw the restart"
+        assert "skipped" not in log, "an update was skipped"
+    finally:
+        assert relay.stop() == 0
+    invariants()
+
+
+@case("relay: Redis outage retried", "Redis stopped (handle_update raises 08001): the update is held past "
+      "RELAY_MAX_ATTEMPTS=3 tries, not skipped, and answered once Redis is back")
+def _():
+    offset = os.path.getsize(env.relay_log) if os.path.exists(env.relay_log) else 0
+    tid = new_tid()
+
+    def log_since():
+        with open(env.relay_log) as f:
+            f.seek(offset)
+            return f.read()
+    relay = Relay(env)
+    try:
+        redis_stop()
+        try:
+            uid = env.inject([text(tid, "/start")])["update_ids"][0]
+            wait_for(lambda: "update %d: outage (08001)" % uid in log_since(), 20, "the outage logged")
+            # backoff 250, 500, 1000, 2000 ms: 5 tries in 4 s, more than RELAY_MAX_ATTEMPTS
+            time.sleep(4)
+            assert "update %d: skipped" % uid not in log_since(), "skipped during an outage"
+            assert "update %d: handle_update failed" % uid not in log_since(), "an outage counted as a failed attempt"
+            assert not env.calls(tid), "a reply while Redis is down"
+        finally:
+            redis_start()
+        wait_for(lambda: env.calls(tid, "sendMessage"), 40, "the reply once Redis is back")
+        assert len(env.calls(tid, "sendMessage")) == 1
     finally:
         assert relay.stop() == 0
     invariants()

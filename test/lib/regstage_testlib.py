@@ -167,14 +167,17 @@ def registration(tid, passport="AgACp", selfie="AgACs"):
 
 # ---- the relay ---------------------------------------------------------------
 class Relay:
-    def __init__(self, env, token=None, workers=4, db_user="relay_bot", extra_env=None):
+    def __init__(self, env, token=None, workers=4, db_user="relay_bot", extra_env=None, log=None, bin=None):
         e = dict(os.environ, TELEGRAM_BOT_TOKEN=token or env.token, TELEGRAM_API_URL=env.api,
                  DATABASE_URL="host=%s port=%s dbname=postgres user=%s application_name=regstage-relay"
                  % (env.sock, env.pg_port, db_user),
                  RELAY_WORKERS=str(workers), RELAY_POLL_TIMEOUT="5", RELAY_MAX_ATTEMPTS="3")
         e.update(extra_env or {})
-        self.log = open(env.relay_log, "a")
-        self.p = subprocess.Popen([env.relay_bin], env=e, stdout=self.log, stderr=self.log)
+        self.log = open(log or env.relay_log, "a")
+        self.p = subprocess.Popen([bin or env.relay_bin], env=e, stdout=self.log, stderr=self.log)
+        if os.environ.get("REGSTAGE_RELAY_PIDS"):       # the suite's shell wrapper stops every relay listed
+            with open(os.environ["REGSTAGE_RELAY_PIDS"], "a") as f:
+                f.write("%d\n" % self.p.pid)
 
     def rss_kb(self, field="RssAnon"):
         with open("/proc/%d/status" % self.p.pid) as f:

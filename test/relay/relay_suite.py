@@ -3,9 +3,12 @@
 test Redis and its own Bot API stand-in.  Prints a table of cases and exits
 non-zero if any failed."""
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -29,6 +32,44 @@ subprocess.run(["redis-cli", "-p", os.environ["REDIS_PORT"], "EVAL",
                capture_output=True)
 env.http("/_test/reset", {})
 relay = Relay(env)
+UPLOADS = os.path.join(env.dir, "uploads")
+
+
+def downloading(tid):
+    """A commit of this user is downloading right now: its .part file exists."""
+    d = os.path.join(UPLOADS, str(tid))
+    return os.path.isdir(d) and any(f.endswith(".part") for f in os.listdir(d))
+
+
+def log_from(path=None):
+    """A function returning what was appended to a relay log since now."""
+    path = path or env.relay_log
+    offset = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def since():
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
+            f.seek(offset)
+            return f.read()
+    return since
+
+
+def texts(tid):
+    return [c["params"].get("text", "") for c in env.calls(tid, "sendMessage")]
+
+
+def database_url(**extra):
+    url = "host=%s port=%s dbname=postgres user=relay_bot application_name=regstage-relay" % (env.sock, env.pg_port)
+    return " ".join([url] + ["%s=%s" % kv for kv in extra.items()])
+
+
+@case("unit tests", "test/relay/relay_unit.c under ASan + UBSan: token shape, redaction, backoff cap 30 s, "
+      "an update refused (not a crash) when calloc fails")
+def _():
+    out = subprocess.run([os.path.join(env.dir, "bin", "relay_unit")], capture_output=True, text=True, timeout=60)
+    fails = [l for l in out.stdout.splitlines() if l.startswith("FAIL")]
+    assert out.returncode == 0 and not fails, "exit %d: %s %s" % (out.returncode, fails[:5], out.stderr[-1500:])
 
 
 @case("full registration", "6 updates -> user + 2 documents; the 6 replies in update order; staging cleared")
@@ -44,17 +85,20 @@ def _():
     assert env.sql("SELECT regstage.staged(30001) IS NULL") == "t"
 
 
-@case("chats in parallel", "a 10 s download in chat A delays chat B's reply by < 100 ms")
+@case("chats in parallel", "chat A's commit is downloading (its .part file exists) for 10 s: chat B's reply comes "
+      "while it still is, and the relay's own time for B is < 2 s")
 def _():
-    env.inject(registration(30002, selfie="dldelay10000_AgACs")[:-1])
+    ups = registration(30002, selfie="dldelay10000_AgACs")
+    env.inject(ups[:-1])
     wait_for(lambda: len(env.calls(30002)) >= 5, 10, "chat A at the selfie step")
-    env.inject([registration(30002, selfie="dldelay10000_AgACs")[-1]])
-    time.sleep(0.5)                                  # A's commit is now downloading
-    at = env.inject([text(30003, "/start")])["at"]
-    c = wait_for(lambda: env.calls(30003), 5, "chat B's reply")
-    delay = c[0]["at"] - at
-    assert delay < 0.1, "chat B waited %.3f s" % delay
-    assert not registered(30002), "A still downloading"
+    env.inject(ups[-1:])
+    wait_for(lambda: downloading(30002), 10, "chat A's download started")
+    uid = env.inject([text(30003, "/start")])["update_ids"][0]
+    wait_for(lambda: env.calls(30003), 8, "chat B's reply")
+    assert downloading(30002) and not registered(30002), "chat A's download was over before chat B's reply"
+    line = wait_for(lambda: re.search(r"update %d chat 30003: \d+ calls, (\d+) ms" % uid, open(env.relay_log).read()),
+                    5, "chat B's log line")
+    assert int(line.group(1)) < 2000, "the relay took %s ms for chat B" % line.group(1)
     wait_for(lambda: registered(30002), 20, "chat A registered after its slow download")
 
 
@@ -72,8 +116,10 @@ def _():
     env.http("/_test/fault", {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1})
     at = env.inject([text(30004, "/start")])["at"]
     c = wait_for(lambda: env.calls(30004), 10, "reply after the rate limit")
-    time.sleep(0.3)
-    assert len(env.calls(30004)) == 1, "exactly one reply"
+    # the chat's next reply goes out after every send of this update: then count
+    env.inject([text(30004, "/cancel")])
+    wait_for(lambda: len(env.calls(30004)) >= 2, 10, "the next update's reply")
+    assert sum(t.startswith("Welcome") for t in texts(30004)) == 1, "exactly one reply: %s" % texts(30004)
     assert c[0]["at"] - at >= 1.0, "retried too early (%.2f s)" % (c[0]["at"] - at)
 
 
@@ -165,19 +211,25 @@ def _():
         trusting.stop()
 
 
-@case("SIGTERM", "in-flight updates finish; exit code 0 within a few seconds")
+@case("SIGTERM mid-download", "SIGTERM while a commit downloads (its .part file exists): the update completes, "
+      "its reply goes out once, exit 0")
 def _():
-    env.inject([text(30007, "/start")])
-    wait_for(lambda: env.calls(30007), 10, "reply")
+    ups = registration(30007, selfie="dldelay2000_AgACs")
+    env.inject(ups[:-1])
+    wait_for(lambda: len(env.calls(30007)) >= 5, 10, "at the selfie step")
+    env.inject(ups[-1:])
+    wait_for(lambda: downloading(30007), 10, "the commit downloading")
     t0 = time.time()
-    rc = relay.stop(signal.SIGTERM)
+    rc = relay.stop(signal.SIGTERM, timeout=30)
     assert rc == 0, "exit code %s" % rc
-    assert time.time() - t0 < 5, "took %.1f s" % (time.time() - t0)
+    assert time.time() - t0 < 10, "took %.1f s" % (time.time() - t0)
+    assert registered(30007), "the in-flight update did not complete"
+    assert sum(t.startswith("Registration complete") for t in texts(30007)) == 1, texts(30007)
 
 
 @case("bad token", "the Bot API answers 401 -> clear message, exit 1, token not printed")
 def _():
-    bad = Relay(env, token="123456:this-is-not-the-token")
+    bad = Relay(env, token="123456:this-is-not-the-token" + "_" * 14)
     rc = bad.p.wait(15)
     bad.log.close()
     assert rc == 1, "exit code %s" % rc
@@ -186,12 +238,206 @@ def _():
     assert "this-is-not-the-token" not in log, "token printed"
 
 
+@case("malformed token refused", "tokens not of Telegram's shape (too short, inside <token>, wrong length, "
+      "alphabet or id): exit 2 at once, a message naming TELEGRAM_BOT_TOKEN, the value not printed")
+def _():
+    for tok in ["token", "12:ab", "123456:" + "A" * 34, "123456:Zyxwvutsrqponmlkjihgfedcba9876543210",
+                "123456:" + "A" * 34 + "+", "abc:" + "A" * 35, "123456" + "A" * 35, ""]:
+        e = dict(os.environ, TELEGRAM_BOT_TOKEN=tok, TELEGRAM_API_URL=env.api, DATABASE_URL=database_url())
+        try:
+            out = subprocess.run([env.relay_bin], env=e, capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("token %r: still running after 10 s" % tok[:6])
+        assert out.returncode == 2, "token %r: exit code %s" % (tok[:6], out.returncode)
+        assert "TELEGRAM_BOT_TOKEN" in out.stderr, out.stderr
+        assert len(tok) < 6 or tok not in out.stdout + out.stderr, "token printed"
+
+
+@case("token in a log line", "a Bot API URL holding the token: the log line shows <token>, never the token")
+def _():
+    path = os.path.join(env.dir, "relay-url-token.log")
+    r = Relay(env, extra_env={"TELEGRAM_API_URL": env.api + "/p" + env.token}, log=path)
+    rc = r.p.wait(15)
+    r.log.close()
+    log = open(path).read()
+    assert rc == 1, "exit code %s" % rc
+    assert "Bot API %s/p<token>" % env.api in log, log
+    assert env.token not in log and env.token.split(":")[1] not in log, "token printed"
+
+
+@case("--help, --version", "print usage (every variable) / the version on stdout, exit 0, no token needed; "
+      "an unknown argument exits 2")
+def _():
+    e = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+    h = subprocess.run([env.relay_bin, "--help"], env=e, capture_output=True, text=True, timeout=10)
+    assert h.returncode == 0 and h.stdout.startswith("regstage-relay "), (h.returncode, h.stdout[:200])
+    for var in ["TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "DATABASE_URL", "RELAY_WORKERS", "RELAY_MAX_ATTEMPTS",
+                "RELAY_POLL_TIMEOUT", "RELAY_LOG_LEVEL", "RELAY_CA_FILE", "SIGTERM"]:
+        assert var in h.stdout, "--help does not mention %s" % var
+    v = subprocess.run([env.relay_bin, "--version"], env=e, capture_output=True, text=True, timeout=10)
+    assert v.returncode == 0 and re.fullmatch(r"regstage-relay \d+\.\d+(\.\d+)?\n", v.stdout), (v.returncode, v.stdout)
+    u = subprocess.run([env.relay_bin, "--bogus"], env=e, capture_output=True, text=True, timeout=10)
+    assert u.returncode == 2 and "unknown argument" in u.stderr, (u.returncode, u.stderr[:200])
+
+
+relay = Relay(env)
+
+
+@case("5xx on a send", "sendMessage answered 503 twice: retried with backoff (250 + 500 ms), one reply")
+def _():
+    since = log_from()
+    env.http("/_test/fault", {"method": "sendMessage", "status": 503, "times": 2})
+    r = env.inject([text(30011, "/start")])
+    c = wait_for(lambda: env.calls(30011), 10, "the reply after two 503s")
+    assert c[0]["at"] - r["at"] >= 0.7, "retried without backoff (%.2f s)" % (c[0]["at"] - r["at"])
+    for n in (1, 2):
+        assert "update %d: sendMessage failed (503 Injected fault), attempt %d of 5" % (r["update_ids"][0], n) in since()
+    assert len(env.calls(30011)) == 1
+
+
+@case("other 4xx not retried", "sendMessage answered 400 once: logged, not retried; the chat goes on")
+def _():
+    since = log_from()
+    env.http("/_test/fault", {"method": "sendMessage", "status": 400, "times": 1,
+                              "description": "Bad Request: chat not found"})
+    uid = env.inject([text(30012, "/start")])["update_ids"][0]
+    wait_for(lambda: "update %d: sendMessage refused (400 Bad Request: chat not found); not retried" % uid in since(),
+             10, "the refusal logged")
+    # the next update's reply goes out after every send of the first: a retry would be recorded by then
+    env.inject([text(30012, "/cancel")])
+    wait_for(lambda: env.calls(30012), 10, "the next update's reply")
+    assert not any(t.startswith("Welcome") for t in texts(30012)), "the refused send was retried: %s" % texts(30012)
+    assert since().count("refused (400") == 1
+
+
+@case("SIGINT mid-download", "SIGINT while a commit downloads: the update completes, exit 0, 'stopped' logged")
+def _():
+    since = log_from()
+    ups = registration(30016, selfie="dldelay1500_AgACs")
+    env.inject(ups[:-1])
+    wait_for(lambda: len(env.calls(30016)) >= 5, 10, "at the selfie step")
+    env.inject(ups[-1:])
+    wait_for(lambda: downloading(30016), 10, "the commit downloading")
+    rc = relay.stop(signal.SIGINT, timeout=30)
+    assert rc == 0, "exit code %s" % rc
+    assert registered(30016), "the in-flight update did not complete"
+    assert "regstage-relay INFO: stopped" in since()
+
+
+@case("statement_timeout is not an outage", "handle_update cancelled by statement_timeout (57014, a slow download): "
+      "counted, skipped after RELAY_MAX_ATTEMPTS=3, not held forever; the chat goes on")
+def _():
+    since = log_from()
+    r = Relay(env, extra_env={"DATABASE_URL": database_url(options="'-c statement_timeout=1500'")})
+    try:
+        ups = registration(30013, selfie="dldelay6000_AgACs")
+        env.inject(ups[:-1])
+        wait_for(lambda: len(env.calls(30013)) >= 5, 10, "at the selfie step")
+        uid = env.inject(ups[-1:])["update_ids"][0]
+        wait_for(lambda: "update %d: skipped after 3 failed attempts" % uid in since(), 30, "the update skipped")
+        assert since().count("update %d: handle_update failed (57014)" % uid) == 3, since()[-2000:]
+        assert "update %d: outage" % uid not in since(), "57014 was held as an outage"
+        n = len(env.calls(30013))
+        env.inject([text(30013, "/start")])
+        wait_for(lambda: len(env.calls(30013)) > n, 10, "the chat's next update served")
+    finally:
+        r.stop()
+
+
+@case("libpq timeouts", "a database that accepts and never answers: connect_timeout (10 s) ends the attempt, "
+      "DATABASE_URL's connect_timeout=2 wins; TCP connections carry 30 s keepalives, DATABASE_URL's keepalives_idle=7 wins")
+def _():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    held, done = [], threading.Event()
+
+    def accept():
+        while not done.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except socket.timeout:
+                pass
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    silent = "host=127.0.0.1 port=%d dbname=postgres user=relay_bot" % srv.getsockname()[1]
+    logs = [os.path.join(env.dir, "relay-silent-%s.log" % k) for k in ("default", "2s")]
+    relays = [Relay(env, workers=1, extra_env={"DATABASE_URL": silent}, log=logs[0]),
+              Relay(env, workers=1, extra_env={"DATABASE_URL": silent + " connect_timeout=2"}, log=logs[1])]
+    try:
+        t0 = time.time()
+        env.inject([text(30014, "/start")])
+        wait_for(lambda: "timeout expired" in open(logs[1]).read(), 8, "the attempt ended by connect_timeout=2")
+        t_user = time.time() - t0
+        wait_for(lambda: "timeout expired" in open(logs[0]).read(), 20, "the attempt ended by the default connect_timeout")
+        t_default = time.time() - t0
+        assert t_user < 6, "connect_timeout=2 took %.1f s" % t_user
+        assert t_default > 8, "the default connect_timeout ended after %.1f s" % t_default
+    finally:
+        for r in relays:
+            r.stop(timeout=20)
+        done.set()
+        acceptor.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+    def keepalive_s(r):
+        out = subprocess.run(["ss", "-tnopH", "state", "established", "( dport = :%s )" % env.pg_port],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            m = re.search(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)ms)?", line)
+            if "pid=%d," % r.p.pid in line and m:
+                return int(m.group(1) or 0) * 60 + int(m.group(2) or 0) + int(m.group(3) or 0) / 1000.0
+    tcp = "host=127.0.0.1 port=%s dbname=postgres user=relay_bot" % env.pg_port
+    relays = [Relay(env, workers=1, extra_env={"DATABASE_URL": tcp}),
+              Relay(env, workers=1, extra_env={"DATABASE_URL": tcp + " keepalives_idle=7"})]
+    try:
+        env.inject([text(30017, "/start")])         # both relays take it and connect
+        ka = [wait_for(lambda r=r: keepalive_s(r), 15, "the relay's TCP connection") for r in relays]
+        assert ka[0] <= 30, "default keepalive timer %.0f s" % ka[0]
+        assert ka[1] <= 7, "DATABASE_URL's keepalives_idle=7 lost: timer %.0f s" % ka[1]
+    finally:
+        for r in relays:
+            r.stop()
+
+
+@case("stop flags race-free", "the relay under ThreadSanitizer: SIGTERM while a worker backs off from an "
+      "unreachable database (reading the stop flag) -> exit 0, no data race reported")
+def _():
+    path = os.path.join(env.dir, "relay-tsan.log")
+    closed = socket.socket()                    # bound, not listening: connection refused
+    closed.bind(("127.0.0.1", 0))
+    try:
+        r = Relay(env, bin=os.path.join(env.dir, "bin", "regstage-relay-tsan"), log=path,
+                  extra_env={"TSAN_OPTIONS": "halt_on_error=0 exitcode=66",
+                             "DATABASE_URL": "host=127.0.0.1 port=%d dbname=postgres user=relay_bot"
+                             % closed.getsockname()[1]})
+        env.inject([text(30015, "/start")])
+        wait_for(lambda: "database unavailable" in open(path).read(), 30, "the worker backing off")
+        rc = r.stop(signal.SIGTERM, timeout=30)
+    finally:
+        closed.close()
+    log = open(path).read()
+    assert "ThreadSanitizer" not in log, log[log.index("ThreadSanitizer") - 20:][:1500]
+    assert rc == 0, "exit code %s: %s" % (rc, log[-500:])
+
+
 @case("token secrecy", "the bot token appears nowhere in the relay log or the PostgreSQL log")
 def _():
     log = open(env.relay_log).read()
     assert env.token not in log
     assert env.token not in open(env.pg_log).read()
     assert "update " in log and " calls, " in log, "one line per update is logged"
+
+
+@case("a relay left running", "started and not stopped, for test/scripts/relay.sh to check that its cleanup "
+      "stops it by the pid file")
+def _():
+    r = Relay(env)
+    with open(os.path.join(env.dir, "left-running.pid"), "w") as f:
+        f.write("%d\n" % r.p.pid)
 
 
 if relay.p.poll() is None:

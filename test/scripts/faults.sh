@@ -6,21 +6,24 @@
 set -Eeuo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
+. "$SRC/test/lib/relays.sh"
 
 W=$REGSTAGE_TEST_DIR/faults
 PG_PORT=25436 REDIS_PORT=26382 API_PORT=28082
 SMALL=$W/small
+export REGSTAGE_RELAY_PIDS; REGSTAGE_RELAY_PIDS=$(relay_pidfile faults)
 cleanup() {
 	local -
 	set +e
 	[ -f "$W/redis/redis.pid" ] && kill -CONT "$(cat "$W/redis/redis.pid")" 2>/dev/null
-	stop_pidfile "$W/relay.pid"
+	stop_relays "$REGSTAGE_RELAY_PIDS"
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
 	mountpoint -q "$SMALL" && umount "$SMALL"
 }
 trap cleanup EXIT
+stop_relays "$REGSTAGE_RELAY_PIDS"	# relays of a crashed earlier run
 rm -rf "$W"; mkdir -p "$W/bin"; chmod 0755 "$W"
 TOKEN=$(new_token)
 server_owned_dir 0750 "$W/uploads"
