@@ -480,9 +480,12 @@ def _():
     marker = os.path.join(UPLOADS, MARKER)
     saved = open(marker).read() if os.path.exists(marker) else None
     orphan = os.path.join(UPLOADS, "77777", "passport-orphan.jpg")
+    owner = os.stat(UPLOADS)
     os.makedirs(os.path.dirname(orphan), exist_ok=True)
     with open(orphan, "w") as f:
         f.write("x")
+    for p in (os.path.dirname(orphan), orphan):
+        os.chown(p, owner.st_uid, owner.st_gid)         # the server's, as its own files
     os.utime(orphan, (time.time() - 3 * 86400,) * 2)
     claim_dir(UPLOADS, db="another_db")     # as if another database had claimed it first
     offset = os.path.getsize(env.pg_log)
