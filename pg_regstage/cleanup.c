@@ -1,7 +1,9 @@
 /*
  * cleanup.c — the orphan scan, shared by cleanup_orphans() and the worker.
  *
- * Walks regstage.upload_dir without following symlinks.  Regular files are
+ * First the ownership check (ownership.c): a directory claimed by another
+ * database is refused before anything is read or deleted.  Then a walk of
+ * regstage.upload_dir that never follows a symbolic link.  Regular files are
  * checked against regstage.documents.file_path, which is read once into a
  * sorted array of 64-bit hashes (8 bytes per row, bounded by
  * regstage.cleanup_memory).  A hash collision can only make an orphan look
@@ -16,8 +18,21 @@
  *   younger orphan              kept (a transaction in flight may own it)
  *   temporary (*.part)          deleted when older than tmp_max_age
  *
+ * Rows whose path is not in commit_registration's layout (absolute paths,
+ * "./", the old bot's flat layout: what fix_document_paths() repairs) also
+ * reference their path canonicalised and, while their file is missing as
+ * written, every file of the same base name, so a cleanup before the
+ * migration keeps the files the migration will point them at.
+ *
+ * Every delete is relative to an open descriptor of the file's directory:
+ * in hash mode the walk's own, in batch mode one reopened from upload_dir
+ * component by component with O_NOFOLLOW, so a directory swapped for a
+ * symbolic link after the walk never sends a delete outside upload_dir.
+ *
  * Per-user directories this run leaves empty are removed, and those found
- * empty when older than max_age.
+ * empty when older than max_age.  The ownership marker is never touched; a
+ * subdirectory holding one (another upload directory) and directories below
+ * the walk's depth limit are not entered: errors, with a WARNING each.
  */
 #include "postgres.h"
 
@@ -40,9 +55,13 @@
 #include "cleanup.h"
 #include "dirwalk.h"
 #include "guc.h"
+#include "ownership.h"
 #include "upload.h"
 
 #define CLEANUP_BATCH 1000
+
+/* the legacy-path sets may use cleanup_memory, but at least this much */
+#define CLEANUP_LEGACY_MIN_MEMORY (1024 * 1024)
 
 typedef struct Candidate
 {
@@ -51,10 +70,8 @@ typedef struct Candidate
 
 /*
  * A file or directory met during the walk: its name in the open directory
- * dirfd (so lookups do not walk the path from the root again), and its path
- * relative to upload_dir (for the database and for messages).  A batched
- * candidate is looked at after its directory was closed: dirfd -1, and the
- * full path is used.
+ * dirfd (every lookup and delete is relative to it, never by full path), and
+ * its path relative to upload_dir (for the database and for messages).
  */
 typedef struct Entry
 {
@@ -62,6 +79,14 @@ typedef struct Entry
 	const char *name;
 	const char *relpath;
 } Entry;
+
+/* 64-bit hashes of paths or names; sorted once filled */
+typedef struct HashSet
+{
+	uint64	   *h;
+	int64		n;
+	int64		cap;
+} HashSet;
 
 typedef struct OrphanScan
 {
@@ -78,6 +103,11 @@ typedef struct OrphanScan
 	int			bucket_bits;
 	SPIPlanPtr	still_unreferenced_plan;	/* the check right before a delete */
 
+	/* rows with legacy paths: their canonical paths, and the base names of those whose file is missing */
+	char	   *canonical_root;
+	HashSet		legacy;
+	HashSet		legacy_names;
+
 	/* otherwise: batches checked with one query each */
 	SPIPlanPtr	unreferenced_plan;
 	Candidate	batch[CLEANUP_BATCH];
@@ -87,6 +117,12 @@ typedef struct OrphanScan
 	/* the open directories, root first */
 	DirWalk		walk;
 	MemoryContext scan_cxt;
+
+	/* batch mode: the directory of the batched file being handled, root first */
+	DirWalk		parents;
+	char		parent_rel[MAXPGPATH];	/* its path relative to upload_dir */
+
+	bool		injected;		/* regstage.test_inject ran in this run */
 } OrphanScan;
 
 static bool scan_subdir(OrphanScan *st, Entry *e, int depth);
@@ -106,20 +142,180 @@ uint64_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y ? 1 : 0;
 }
 
+static bool
+hashset_add(HashSet *set, uint64 h, Size *budget, MemoryContext cxt)
+{
+	if (set->n == set->cap)
+	{
+		int64		newcap = Max(set->cap * 2, 64);
+		Size		more = (Size) (newcap - set->cap) * sizeof(uint64);
+
+		if (more > *budget)
+			return false;
+		*budget -= more;
+		set->h = set->h ? repalloc_huge(set->h, newcap * sizeof(uint64))
+			: MemoryContextAllocHuge(cxt, newcap * sizeof(uint64));
+		set->cap = newcap;
+	}
+	set->h[set->n++] = h;
+	return true;
+}
+
+static bool
+hashset_contains(const HashSet *set, uint64 h)
+{
+	return set->n > 0 && bsearch(&h, set->h, set->n, sizeof(uint64), uint64_cmp) != NULL;
+}
+
 /*
- * Read every documents.file_path into st->referenced, if in_db rows fit in
- * regstage.cleanup_memory.  Returns false (nothing kept) when they do not.
+ * Is this path in the layout commit_registration writes (upload_finish():
+ * <telegram_id>/<doc_type>-<16 hex digits of the sha256>.<ext>)?  Such a
+ * row is looked up as written; any other path is a legacy one.
  */
 static bool
-load_referenced(OrphanScan *st, int64 in_db, MemoryContext cxt)
+path_in_commit_layout(const char *p, int len)
+{
+	int			i = 0;
+	int			start;
+
+	if (i < len && p[i] == '-')
+		i++;
+	for (start = i; i < len && p[i] >= '0' && p[i] <= '9'; i++)
+		;
+	if (i == start || i >= len || p[i++] != '/')
+		return false;
+	for (start = i; i < len && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '_'); i++)
+		;
+	if (i == start || i >= len || p[i++] != '-')
+		return false;
+	for (int k = 0; k < 16; k++, i++)
+		if (i >= len || !((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+			return false;
+	if (i >= len || p[i++] != '.')
+		return false;
+	for (start = i; i < len && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9')); i++)
+		;
+	return i > start && i == len;
+}
+
+/* path without empty and "." components (absolute stays absolute) */
+static char *
+path_normalise(const char *path)
+{
+	StringInfoData out;
+	const char *p = path;
+
+	initStringInfo(&out);
+	while (*p)
+	{
+		size_t		n;
+
+		while (*p == '/')
+			p++;
+		n = strcspn(p, "/");
+		if (n == 0 || (n == 1 && p[0] == '.'))
+		{
+			p += n;
+			continue;
+		}
+		if (out.len > 0 || path[0] == '/')
+			appendStringInfoChar(&out, '/');
+		appendBinaryStringInfo(&out, p, n);
+		p += n;
+	}
+	if (out.len == 0 && path[0] == '/')
+		appendStringInfoChar(&out, '/');
+	return out.data;
+}
+
+/*
+ * The file a legacy path means, relative to upload_dir: "./" components and
+ * repeated or trailing slashes dropped, an absolute path under upload_dir
+ * stripped of that prefix.  NULL for an absolute path elsewhere (only its
+ * base name can match) or an empty one.
+ */
+static char *
+legacy_canonical(OrphanScan *st, const char *raw)
+{
+	char	   *norm = path_normalise(raw);
+	size_t		rl = strlen(st->canonical_root);
+
+	if (norm[0] != '/')
+		return norm[0] ? norm : NULL;
+	if (strcmp(st->canonical_root, "/") == 0)
+		return norm[1] ? norm + 1 : NULL;
+	if (strncmp(norm, st->canonical_root, rl) == 0 && norm[rl] == '/' && norm[rl + 1])
+		return norm + rl + 1;
+	return NULL;
+}
+
+/*
+ * Is there a regular file at this path as written?  The same answer as
+ * document_file_exists(), which decides the rows fix_document_paths()
+ * repairs: absolute paths and paths with ".." are missing.
+ */
+static bool
+legacy_file_exists(OrphanScan *st, const char *raw)
+{
+	char		path[MAXPGPATH];
+	size_t		len = strlen(raw);
+	struct stat sb;
+
+	if (raw[0] == '\0' || raw[0] == '/' || strcmp(raw, "..") == 0 || strncmp(raw, "../", 3) == 0 ||
+		strstr(raw, "/../") != NULL || (len >= 3 && strcmp(raw + len - 3, "/..") == 0))
+		return false;
+	snprintf(path, sizeof(path), "%s/%s", st->root, raw);
+	return lstat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/*
+ * A row with a legacy path: fix_document_paths() will point it at a file
+ * under upload_dir, so keep what it can point at — the canonical path, and
+ * (while the row's file is missing as written: the rows it repairs, by base
+ * name) every file of the same base name.  16 bytes per row at most, within
+ * cleanup_memory but at least CLEANUP_LEGACY_MIN_MEMORY; beyond that the
+ * cleanup refuses rather than delete what the migration needs.
+ */
+static void
+note_legacy(OrphanScan *st, const char *p, int len, Size *budget, MemoryContext cxt)
+{
+	char	   *raw = pnstrdup(p, len);
+	char	   *canonical = legacy_canonical(st, raw);
+	const char *slash = strrchr(raw, '/');
+	const char *base = slash ? slash + 1 : raw;
+	bool		ok = true;
+
+	if (canonical)
+		ok = hashset_add(&st->legacy, path_hash(canonical, strlen(canonical)), budget, cxt);
+	if (ok && base[0] && !legacy_file_exists(st, raw))
+		ok = hashset_add(&st->legacy_names, path_hash(base, strlen(base)), budget, cxt);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_regstage cleanup: too many documents rows with paths of an older layout for regstage.cleanup_memory"),
+				 errdetail("Until fix_document_paths() rewrites them, the cleanup keeps 16 bytes per such row to protect their files."),
+				 errhint("Run SELECT * FROM regstage.fix_document_paths(dry_run => false), or raise regstage.cleanup_memory.")));
+	pfree(raw);
+}
+
+/*
+ * One pass over documents.file_path.  Every path's hash goes into
+ * st->referenced if in_db rows fit in regstage.cleanup_memory (otherwise
+ * the array is dropped and false returned: batch mode); legacy paths go
+ * into st->legacy / st->legacy_names in either mode.
+ */
+static bool
+load_documents(OrphanScan *st, int64 in_db, MemoryContext cxt)
 {
 	Size		limit = (Size) regstage_cleanup_memory_kb * 1024;
+	Size		legacy_budget = Max(limit, CLEANUP_LEGACY_MIN_MEMORY);
 	int64		cap = Max(in_db, 1024);
+	bool		fits = (Size) cap * sizeof(uint64) <= limit;
 	Portal		portal;
 
-	if ((Size) cap * sizeof(uint64) > limit)
-		return false;
-	st->referenced = MemoryContextAllocHuge(cxt, cap * sizeof(uint64));
+	st->canonical_root = path_normalise(st->root);
+	if (fits)
+		st->referenced = MemoryContextAllocHuge(cxt, cap * sizeof(uint64));
 	st->nreferenced = 0;
 	portal = SPI_cursor_open_with_args(NULL, "SELECT file_path FROM regstage.documents",
 									   0, NULL, NULL, NULL, true, 0);
@@ -133,29 +329,44 @@ load_referenced(OrphanScan *st, int64 in_db, MemoryContext cxt)
 			bool		isnull;
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
 			text	   *t;
+			const char *p;
+			int			len;
 
 			if (isnull)
 				continue;
-			if (st->nreferenced == cap)
+			t = DatumGetTextPP(d);
+			p = VARDATA_ANY(t);
+			len = VARSIZE_ANY_EXHDR(t);
+			if (fits && st->nreferenced == cap)
 			{
 				/* rows were added since the count: grow, within the limit */
 				if ((Size) cap * 2 * sizeof(uint64) > limit)
 				{
-					SPI_cursor_close(portal);
 					pfree(st->referenced);
 					st->referenced = NULL;
-					return false;
+					fits = false;
 				}
-				cap *= 2;
-				st->referenced = repalloc_huge(st->referenced, cap * sizeof(uint64));
+				else
+				{
+					cap *= 2;
+					st->referenced = repalloc_huge(st->referenced, cap * sizeof(uint64));
+				}
 			}
-			t = DatumGetTextPP(d);
-			st->referenced[st->nreferenced++] = path_hash(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			if (fits)
+				st->referenced[st->nreferenced++] = path_hash(p, len);
+			if (!path_in_commit_layout(p, len))
+				note_legacy(st, p, len, &legacy_budget, cxt);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		CHECK_FOR_INTERRUPTS();
 	}
 	SPI_cursor_close(portal);
+	if (st->legacy.n > 1)
+		qsort(st->legacy.h, st->legacy.n, sizeof(uint64), uint64_cmp);
+	if (st->legacy_names.n > 1)
+		qsort(st->legacy_names.h, st->legacy_names.n, sizeof(uint64), uint64_cmp);
+	if (!fits)
+		return false;
 	qsort(st->referenced, st->nreferenced, sizeof(uint64), uint64_cmp);
 
 	/*
@@ -182,6 +393,14 @@ load_referenced(OrphanScan *st, int64 in_db, MemoryContext cxt)
 		st->bucket_start[nb] = (uint32) st->nreferenced;
 	}
 	return true;
+}
+
+/* Does a legacy row keep this file (relpath, base name)? */
+static bool
+legacy_keeps(OrphanScan *st, const char *relpath, const char *name)
+{
+	return hashset_contains(&st->legacy, path_hash(relpath, strlen(relpath))) ||
+		hashset_contains(&st->legacy_names, path_hash(name, strlen(name)));
 }
 
 static bool
@@ -216,6 +435,26 @@ still_unreferenced(OrphanScan *st, const char *relpath)
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(st->batch_cxt);	/* unused for batches in this mode */
 	return unreferenced;
+}
+
+/*
+ * Test only: run regstage.test_inject (superuser-only, empty by default)
+ * once per run, at the point between listing a file as a deletion candidate
+ * and the last check of documents before deleting it.  The tests swap a
+ * directory for a symbolic link or insert a documents row right here.
+ */
+static void
+test_inject(OrphanScan *st)
+{
+	int			rc;
+
+	if (st->injected || regstage_test_inject == NULL || regstage_test_inject[0] == '\0')
+		return;
+	st->injected = true;
+	rc = SPI_execute(regstage_test_inject, false, 0);
+	if (rc < 0)
+		elog(ERROR, "pg_regstage cleanup: regstage.test_inject failed: %s", SPI_result_code_string(rc));
+	SPI_freetuptable(SPI_tuptable);
 }
 
 static void
@@ -255,16 +494,8 @@ remove_file(OrphanScan *st, Entry *e, const char *why, int64 age_s)
 {
 	char		path[MAXPGPATH];
 	char		age[32];
-	int			rc;
 
-	if (e->dirfd >= 0)
-		rc = unlinkat(e->dirfd, e->name, 0);
-	else
-	{
-		full_path(st, e->relpath, path);
-		rc = unlink(path);
-	}
-	if (rc == 0)
+	if (unlinkat(e->dirfd, e->name, 0) == 0)
 	{
 		st->stats->deleted++;
 		ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted %s \"%s\" (age: %s)",
@@ -283,21 +514,97 @@ remove_file(OrphanScan *st, Entry *e, const char *why, int64 age_s)
 }
 
 /*
- * Remove the directory of a file just deleted in batch mode, if that left it
- * empty (rmdir refuses otherwise).  upload_dir itself always stays.
+ * Batch mode: the descriptor of reldir (relative to upload_dir; "" is
+ * upload_dir itself), reached from upload_dir one component at a time with
+ * O_NOFOLLOW on st->parents, reusing what is open from the previous file
+ * (batches come in walk order).  A component swapped for a symbolic link
+ * since the walk is not followed: an error, counted and reported.  -1 when
+ * it cannot be opened (silently when it is gone).
+ */
+static int
+parents_open(OrphanScan *st, const char *reldir)
+{
+	DirWalk    *w = &st->parents;
+	const char *have = st->parent_rel;
+	const char *want = reldir;
+	int			depth = 0;
+
+	if (w->ndirs == 0)
+	{
+		if (!dirwalk_open(w, 0, AT_FDCWD, st->root))
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not open upload directory \"%s\": %m", st->root)));
+		st->parent_rel[0] = '\0';
+	}
+	/* the leading components already open */
+	while (depth + 1 < w->ndirs)
+	{
+		size_t		hl = strcspn(have, "/");
+		size_t		wl = strcspn(want, "/");
+
+		if (wl == 0 || hl != wl || strncmp(have, want, hl) != 0)
+			break;
+		depth++;
+		have += hl + (have[hl] == '/');
+		want += wl + (want[wl] == '/');
+	}
+	while (w->ndirs > depth + 1)
+		dirwalk_close(w, w->ndirs - 1);
+	/* the rest, never following a symbolic link */
+	while (*want)
+	{
+		size_t		wl = strcspn(want, "/");
+		char		name[MAXPGPATH];
+
+		strlcpy(name, want, Min(wl + 1, sizeof(name)));
+		if (depth + 1 >= DIRWALK_MAX_DEPTH || !dirwalk_open(w, depth + 1, dirwalk_fd(w, depth), name))
+		{
+			int			save_errno = depth + 1 >= DIRWALK_MAX_DEPTH ? ELOOP : errno;
+			size_t		opened = want - reldir;
+
+			strlcpy(st->parent_rel, reldir, Max(opened, 1));	/* without the slash */
+			if (save_errno == ENOENT)
+				return -1;		/* removed meanwhile, with its files */
+			errno = save_errno;
+			st->stats->errors++;
+			ereport(WARNING,
+					(errcode_for_file_access(),
+					 errmsg("pg_regstage cleanup: could not open directory \"%.*s\": %m",
+							(int) (opened + wl), reldir),
+					 errdetail("It was a directory when the walk listed it; its files are left alone.")));
+			return -1;
+		}
+		depth++;
+		want += wl + (want[wl] == '/');
+	}
+	strlcpy(st->parent_rel, reldir, sizeof(st->parent_rel));
+	return dirwalk_fd(w, depth);
+}
+
+/*
+ * Batch mode: remove the directory of the file just deleted if that left it
+ * empty (rmdir refuses otherwise), relative to its parent's descriptor.
+ * upload_dir itself always stays.
  */
 static void
-remove_parent_if_empty(OrphanScan *st, const char *relpath)
+remove_parent_if_empty(OrphanScan *st)
 {
-	const char *slash = strrchr(relpath, '/');
-	char		path[MAXPGPATH];
+	DirWalk    *w = &st->parents;
+	int			depth = w->ndirs - 1;
+	char	   *slash = strrchr(st->parent_rel, '/');
+	const char *name = slash ? slash + 1 : st->parent_rel;
 
-	if (slash == NULL)
+	if (depth < 1)
 		return;
-	snprintf(path, sizeof(path), "%s/%.*s", st->root, (int) (slash - relpath), relpath);
-	if (rmdir(path) == 0)
-		ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed emptied directory \"%.*s\"",
-								(int) (slash - relpath), relpath)));
+	if (unlinkat(dirwalk_fd(w, depth - 1), name, AT_REMOVEDIR) != 0)
+		return;
+	ereport(DEBUG1, (errmsg("pg_regstage cleanup: removed emptied directory \"%s\"", st->parent_rel)));
+	dirwalk_close(w, depth);
+	if (slash)
+		*slash = '\0';
+	else
+		st->parent_rel[0] = '\0';
 }
 
 /* lstat of an entry; false (and counted unless it is gone) on failure */
@@ -305,16 +612,8 @@ static bool
 entry_stat(OrphanScan *st, Entry *e, struct stat *sb)
 {
 	char		path[MAXPGPATH];
-	int			rc;
 
-	if (e->dirfd >= 0)
-		rc = fstatat(e->dirfd, e->name, sb, AT_SYMLINK_NOFOLLOW);
-	else
-	{
-		full_path(st, e->relpath, path);
-		rc = lstat(path, sb);
-	}
-	if (rc == 0)
+	if (fstatat(e->dirfd, e->name, sb, AT_SYMLINK_NOFOLLOW) == 0)
 		return true;
 	if (errno != ENOENT)
 	{
@@ -347,6 +646,8 @@ handle_unreferenced(OrphanScan *st, Entry *e, bool checked_now)
 								e->relpath, age_approx(st->now - sb.st_mtime, age, sizeof(age)))));
 		return false;
 	}
+	if (!checked_now)
+		test_inject(st);
 	if (checked_now || still_unreferenced(st, e->relpath))
 		return remove_file(st, e, "orphaned file", st->now - sb.st_mtime);
 	st->stats->referenced++;
@@ -367,6 +668,7 @@ flush_batch(OrphanScan *st)
 
 	if (st->nbatch == 0)
 		return;
+	test_inject(st);
 	oldcxt = MemoryContextSwitchTo(st->batch_cxt);
 	elems = palloc(sizeof(Datum) * st->nbatch);
 	for (int i = 0; i < st->nbatch; i++)
@@ -383,11 +685,20 @@ flush_batch(OrphanScan *st)
 	{
 		bool		isnull;
 		int			i = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
-		Entry		e = {-1, NULL, st->batch[i].relpath};
+		const char *relpath = st->batch[i].relpath;
+		const char *slash = strrchr(relpath, '/');
+		char		reldir[MAXPGPATH];
+		Entry		e;
 
 		CHECK_FOR_INTERRUPTS();
+		strlcpy(reldir, relpath, slash ? Min(slash - relpath + 1, MAXPGPATH) : 1);
+		e.dirfd = parents_open(st, reldir);
+		if (e.dirfd < 0)
+			continue;
+		e.name = slash ? slash + 1 : relpath;
+		e.relpath = relpath;
 		if (handle_unreferenced(st, &e, true))
-			remove_parent_if_empty(st, e.relpath);
+			remove_parent_if_empty(st);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	st->nbatch = 0;
@@ -427,6 +738,8 @@ scan_dir(OrphanScan *st, const char *reldir, int depth, int *seen)
 		CHECK_FOR_INTERRUPTS();
 		entries++;
 		(*seen)++;
+		if (depth == 0 && strcmp(name, OWNERSHIP_MARKER) == 0)
+			continue;			/* the ownership marker: ours, never an orphan */
 		if (reldir[0])
 			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, name);
 		else
@@ -450,7 +763,16 @@ scan_dir(OrphanScan *st, const char *reldir, int depth, int *seen)
 				ereport(DEBUG1, (errmsg("pg_regstage cleanup: skipped symbolic link \"%s\"", relpath)));
 				break;
 			case DT_DIR:
-				if (depth + 1 < DIRWALK_MAX_DEPTH && scan_subdir(st, &e, depth))
+				if (depth + 1 >= DIRWALK_MAX_DEPTH)
+				{
+					/* neither checked nor deleted: say so */
+					st->stats->errors++;
+					ereport(WARNING,
+							(errmsg("pg_regstage cleanup: directory \"%s\" not scanned: more than %d levels below regstage.upload_dir",
+									relpath, DIRWALK_MAX_DEPTH - 1),
+							 errhint("Files there are neither checked nor deleted; move them higher up or remove them.")));
+				}
+				else if (scan_subdir(st, &e, depth))
 					entries--;
 				break;
 			case DT_REG:
@@ -462,6 +784,11 @@ scan_dir(OrphanScan *st, const char *reldir, int depth, int *seen)
 						st->stats->kept++;
 					else if (remove_file(st, &e, "temporary file", st->now - sb.st_mtime))
 						entries--;
+					break;
+				}
+				if (legacy_keeps(st, relpath, name))
+				{
+					st->stats->referenced++;
 					break;
 				}
 				if (st->referenced)
@@ -518,6 +845,17 @@ scan_subdir(OrphanScan *st, Entry *e, int depth)
 				 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
 		return false;
 	}
+	if (fstatat(dirwalk_fd(&st->walk, depth + 1), OWNERSHIP_MARKER, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+	{
+		/* another upload directory (another database's, or a former one) */
+		dirwalk_close(&st->walk, depth + 1);
+		st->stats->errors++;
+		ereport(WARNING,
+				(errmsg("pg_regstage cleanup: directory \"%s\" not scanned: it holds the ownership marker of an upload directory",
+						e->relpath),
+				 errhint("One database's regstage.upload_dir must not lie inside another's.")));
+		return false;
+	}
 	left = scan_dir(st, e->relpath, depth + 1, &seen);
 	dirwalk_close(&st->walk, depth + 1);
 
@@ -543,7 +881,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	MemoryContext set_cxt;
 
 	memset(stats, 0, sizeof(*stats));
-	st->root = upload_check_dir();
+	st->root = upload_check_dir();	/* also the ownership check: before anything is read */
 	st->now = time(NULL);
 	st->max_age_s = max_age_s;
 	st->tmp_max_age_s = tmp_max_age_s;
@@ -560,7 +898,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 					age_text(max_age_s), age_text(tmp_max_age_s), in_db),
 			 errdetail("Upload directory: \"%s\".", st->root)));
 
-	if (load_referenced(st, in_db, set_cxt))
+	if (load_documents(st, in_db, set_cxt))
 	{
 		st->still_unreferenced_plan =
 			SPI_prepare("SELECT 1 FROM regstage.documents WHERE file_path = $1", 1, argtypes_text);
@@ -584,6 +922,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	st->scan_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup walk",
 										 ALLOCSET_DEFAULT_SIZES);
 	dirwalk_init(&st->walk, st->scan_cxt);
+	dirwalk_init(&st->parents, st->scan_cxt);
 	if (!dirwalk_open(&st->walk, 0, AT_FDCWD, st->root))
 		ereport(ERROR,
 				(errcode_for_file_access(),
@@ -598,6 +937,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	}
 	PG_FINALLY();
 	{
+		dirwalk_close_all(&st->parents);
 		dirwalk_close_all(&st->walk);
 	}
 	PG_END_TRY();

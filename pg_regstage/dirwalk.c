@@ -37,9 +37,7 @@ dirwalk_open(DirWalk *w, int depth, int parent_fd, const char *name)
 	if (fd < 0)
 		goto fail;
 #ifdef __linux__
-	if (r->buf == NULL)
-		r->buf = MemoryContextAlloc(w->cxt, DIRWALK_BUF_SIZE);
-	r->len = r->pos = 0;
+	r->len = r->pos = 0;		/* the buffer comes with the first read */
 #else
 	r->dir = fdopendir(fd);
 	if (r->dir == NULL)
@@ -75,7 +73,11 @@ dirwalk_next(DirWalk *w, int depth, unsigned char *type)
 
 		if (r->pos >= r->len)
 		{
-			ssize_t		n = getdents64(r->fd, r->buf, DIRWALK_BUF_SIZE);
+			ssize_t		n;
+
+			if (r->buf == NULL)
+				r->buf = MemoryContextAlloc(w->cxt, DIRWALK_BUF_SIZE);
+			n = getdents64(r->fd, r->buf, DIRWALK_BUF_SIZE);
 
 			if (n <= 0)
 			{

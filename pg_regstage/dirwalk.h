@@ -7,7 +7,10 @@
  * and no path is looked up from the root again.  The open directories form
  * a stack, one per depth; dirwalk_close_all() closes whatever is still open
  * after an error or a cancel (call it in PG_FINALLY).  Descriptors are
- * accounted with ReserveExternalFD, like PostgreSQL's other raw fds.
+ * accounted with ReserveExternalFD, like PostgreSQL's other raw fds.  A
+ * stack that is never read costs no buffers: the cleanup's batch mode uses
+ * one to reach a file's directory again, component by component, so its
+ * deletes stay relative to a descriptor there too.
  */
 #ifndef REGSTAGE_DIRWALK_H
 #define REGSTAGE_DIRWALK_H

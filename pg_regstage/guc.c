@@ -29,6 +29,7 @@ char	   *regstage_pdf_documents = NULL;
 int			regstage_max_attempts = 5;
 int			regstage_retention_s = 7 * 86400;
 char	   *regstage_upload_dir = NULL;
+char	   *regstage_test_inject = NULL;
 char	   *regstage_telegram_api_url = NULL;
 char	   *regstage_bot_token = NULL;
 int			regstage_download_timeout_ms = 60000;
@@ -237,6 +238,20 @@ regstage_define_gucs(void)
 							   "Database the cleanup background worker connects to.",
 							   NULL, &regstage_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	/*
+	 * Test only (pg_regress sql/07_cleanup_safety.sql): SQL the orphan
+	 * cleanup runs once per run between listing a file and its last check
+	 * before deleting it, so a test can swap a directory or insert a row in
+	 * exactly that window.  Superuser-only, hidden from SHOW ALL and
+	 * pg_settings; empty (the default) does nothing.
+	 */
+	DefineCustomStringVariable("regstage.test_inject",
+							   "Test only: SQL the orphan cleanup runs between listing a file and deleting it.",
+							   "Leave empty outside the extension's own tests.",
+							   &regstage_test_inject, "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("regstage");
 }

@@ -36,6 +36,7 @@ extern int	regstage_cleanup_memory_kb;
 extern int	regstage_cleanup_max_age_s;
 extern int	regstage_cleanup_tmp_max_age_s;
 extern char *regstage_database;
+extern char *regstage_test_inject;	/* test only: see guc.c */
 
 extern void regstage_define_gucs(void);
 extern List *regstage_required_document_list(void);

@@ -6,7 +6,10 @@
  * The same walk as the cleanup (dirwalk.c): symbolic links are neither
  * followed nor listed, so nothing outside upload_dir is ever named; no
  * pg_ls_dir, hence no superuser needed to run it once EXECUTE is granted.
- * A subdirectory that cannot be read is a WARNING and the listing goes on.
+ * Like the cleanup it first checks the directory's ownership (ownership.c),
+ * leaves out the ownership marker, and does not enter another upload
+ * directory inside this one.  A subdirectory that cannot be read, or lies
+ * below the walk's depth limit, is a WARNING and the listing goes on.
  */
 #include "postgres.h"
 
@@ -21,6 +24,7 @@
 #include "utils/tuplestore.h"
 
 #include "dirwalk.h"
+#include "ownership.h"
 #include "upload.h"
 
 typedef struct Listing
@@ -42,6 +46,8 @@ list_dir(Listing *l, const char *reldir, int depth)
 		char		relpath[MAXPGPATH];
 
 		CHECK_FOR_INTERRUPTS();
+		if (depth == 0 && strcmp(name, OWNERSHIP_MARKER) == 0)
+			continue;
 		if (reldir[0])
 			snprintf(relpath, sizeof(relpath), "%s/%s", reldir, name);
 		else
@@ -63,14 +69,28 @@ list_dir(Listing *l, const char *reldir, int depth)
 			tuplestore_putvalues(l->out, l->desc, &value, &isnull);
 			pfree(DatumGetPointer(value));
 		}
-		else if (type == DT_DIR && depth + 1 < DIRWALK_MAX_DEPTH)
+		else if (type == DT_DIR && depth + 1 >= DIRWALK_MAX_DEPTH)
+			ereport(WARNING,
+					(errmsg("directory \"%s\" not listed: more than %d levels below regstage.upload_dir",
+							relpath, DIRWALK_MAX_DEPTH - 1)));
+		else if (type == DT_DIR)
 		{
+			struct stat sb;
+
 			if (!dirwalk_open(&l->walk, depth + 1, fd, name))
 			{
 				ereport(WARNING,
 						(errcode_for_file_access(),
 						 errmsg("could not open directory \"%s\" under regstage.upload_dir: %m", relpath),
 						 errhint("The OS user running PostgreSQL must be able to read every directory under regstage.upload_dir.")));
+				continue;
+			}
+			if (fstatat(dirwalk_fd(&l->walk, depth + 1), OWNERSHIP_MARKER, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+			{
+				dirwalk_close(&l->walk, depth + 1);
+				ereport(WARNING,
+						(errmsg("directory \"%s\" not listed: it holds the ownership marker of an upload directory", relpath),
+						 errhint("One database's regstage.upload_dir must not lie inside another's.")));
 				continue;
 			}
 			list_dir(l, relpath, depth + 1);

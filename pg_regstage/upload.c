@@ -31,6 +31,7 @@
 #include "utils/builtins.h"
 
 #include "guc.h"
+#include "ownership.h"
 #include "upload.h"
 #include "xact.h"
 
@@ -77,6 +78,7 @@ upload_check_dir(void)
 				 errmsg("could not write to upload directory \"%s\": %m", dir),
 				 errhint("The OS user \"%s\" running PostgreSQL must be able to create files there, e.g. chown %s \"%s\".",
 						 server_os_user(), server_os_user(), dir)));
+	ownership_check(dir);		/* one database per directory: ownership.c */
 	return dir;
 }
 

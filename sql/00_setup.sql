@@ -68,9 +68,9 @@ BEGIN
 END
 $$;
 
--- Files under upload_dir, relative, sorted.
+-- Files under upload_dir, relative, sorted (without the ownership marker).
 CREATE FUNCTION regstage_test.files() RETURNS SETOF text LANGUAGE sql AS $$
-	SELECT * FROM regstage_test.sh(format('cd %s && find . -type f | sed "s|^\./||" | sort',
+	SELECT * FROM regstage_test.sh(format('cd %s && find . -type f ! -path ./.pg_regstage_owner | sed "s|^\./||" | sort',
 										  current_setting('regstage.upload_dir')))
 $$;
 

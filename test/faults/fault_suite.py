@@ -153,6 +153,18 @@ def invariants(failed=(), sweep=True):
         assert orphans == "0", "%s files without a row after cleanup_orphans('0', '0')" % orphans
 
 
+MARKER = ".pg_regstage_owner"
+
+
+def claim_dir(path, db="postgres"):
+    """Write the ownership marker a first registration or cleanup in db would write
+    (the shim fails every write of the server's under SMALL, so the server cannot)."""
+    sysid = env.sql("SELECT system_identifier FROM pg_control_system()")
+    with open(os.path.join(path, MARKER), "w") as f:
+        f.write("pg_regstage upload directory owner\nsystem identifier: %s\ndatabase: %s\n" % (sysid, db))
+    os.chmod(os.path.join(path, MARKER), 0o644)
+
+
 def orphan_count():
     return int(env.sql("SELECT count(*) FROM regstage.upload_files() f "
                        "WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = f)"))
@@ -341,9 +353,10 @@ def _():
 def _():
     tid = new_tid()
     stage(tid, passport="bytes200000_AgACp", selfie="bytes400000_AgACs")
+    claim_dir(SMALL)        # before the disk is full: the ENOSPC under test is the download's
     out = expect_failure(tid, "53100", settings="SET regstage.upload_dir = '%s'; " % SMALL)
     assert any("No space left on device" in l for l in out), out
-    left = [os.path.join(d, f) for d, _, fs in os.walk(SMALL) for f in fs]
+    left = [os.path.join(d, f) for d, _, fs in os.walk(SMALL) for f in fs if f != MARKER]
     assert not left, "files left on the full disk: %s" % left
     assert not registered(tid)
     invariants(failed=[tid])
@@ -608,6 +621,48 @@ def _():
     # the DEL may still reach Redis from the dead socket's buffer; either way /start leaves nothing behind
     json.loads(env.sql("SELECT regstage.handle_update('%s')" % json.dumps({"update_id": tid, **text(tid, "/start")})))
     assert env.sql("SELECT regstage.staged(%d) IS NULL" % tid) == "t"
+    invariants()
+
+# ---- the cleanup ------------------------------------------------------------------------
+
+
+@case("cleanup: worker in a database that does not own upload_dir",
+      "the background worker's run fails (55000 naming the owner) before deleting anything; with the marker back it deletes")
+def _():
+    marker = os.path.join(UPLOADS, MARKER)
+    saved = open(marker).read() if os.path.exists(marker) else None
+    orphan = os.path.join(UPLOADS, "77777", "passport-orphan.jpg")
+    owner = os.stat(UPLOADS)
+    os.makedirs(os.path.dirname(orphan), exist_ok=True)
+    with open(orphan, "w") as f:
+        f.write("x")
+    for p in (os.path.dirname(orphan), orphan):
+        os.chown(p, owner.st_uid, owner.st_gid)         # the server's, as its own files
+    os.utime(orphan, (time.time() - 3 * 86400,) * 2)
+    claim_dir(UPLOADS, db="another_db")     # as if another database had claimed it first
+    offset = os.path.getsize(env.pg_log)
+
+    def log_since():
+        with open(env.pg_log) as f:
+            f.seek(offset)
+            return f.read()
+    env.sql("ALTER SYSTEM SET regstage.cleanup_interval = 1")
+    env.sql("SELECT pg_reload_conf()")
+    try:
+        try:
+            wait_for(lambda: 'cleanup run failed: upload directory "%s" belongs to database "another_db"' % UPLOADS
+                     in log_since(), 20, "the worker's refusal in the log")
+            assert os.path.exists(orphan), "the worker deleted a file of a directory it does not own"
+        finally:
+            if saved is None:
+                os.unlink(marker)
+            else:
+                with open(marker, "w") as f:
+                    f.write(saved)
+        wait_for(lambda: not os.path.exists(orphan), 20, "the worker's next run deleting the old orphan")
+    finally:
+        env.sql("ALTER SYSTEM RESET regstage.cleanup_interval")
+        env.sql("SELECT pg_reload_conf()")
     invariants()
 
 # ---- the relay ------------------------------------------------------------------------
