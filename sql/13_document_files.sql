@@ -53,9 +53,9 @@ DELETE FROM regstage.users WHERE telegram_id = 13002;
 ROLLBACK TO SAVEPOINT s;
 COMMIT;
 SELECT * FROM regstage_test.files(13002);
--- an old absolute path is never deleted through the trigger
-UPDATE regstage.documents SET file_path = '/etc/hostname' WHERE doc_type = 'selfie'
-   AND user_id = (SELECT id FROM regstage.users WHERE telegram_id = 13002);
+-- an old absolute path (outside upload_dir) is never deleted through the trigger
+UPDATE regstage.documents SET file_path = current_setting('regstage_test.fixtures') || '/notadir'
+ WHERE doc_type = 'selfie' AND user_id = (SELECT id FROM regstage.users WHERE telegram_id = 13002);
 DELETE FROM regstage.users WHERE telegram_id = 13002;
-SELECT pg_stat_file('/etc/hostname', true) IS NOT NULL AS etc_hostname_still_there;
+SELECT (pg_stat_file(current_setting('regstage_test.fixtures') || '/notadir', true)).size IS NOT NULL AS outside_file_still_there;
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');
