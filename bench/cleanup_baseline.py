@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The seed's way of finding orphans, as the baseline for cleanup_orphans():
-list the files under the upload folder, load every referenced path from the
-database, take the set difference, and look at the age (stat) of the
-orphans only — as the seed's log lines show ("Deleted orphaned file: ...
-(age: 3 days)").  Scan only (nothing is deleted), like the measured
+"""The straightforward way of finding orphans, as the baseline for
+cleanup_orphans(): list the files under the upload folder, load every
+referenced path from the database, take the set difference, and look at the
+age (stat) of the orphans only (a script-level cleanup of the kind the
+extension replaces).  Scan only (nothing is deleted), like the measured
 cleanup_orphans(max_age => '1000 days') run.
 
 usage: cleanup_baseline.py UPLOAD_DIR   (PG* environment for psql)

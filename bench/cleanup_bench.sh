@@ -1,5 +1,5 @@
 # bench/cleanup_bench.sh — sourced by bench/run.sh: cleanup_orphans() over
-# 100k and 1M files (half of them referenced), against the seed's way.
+# 100k and 1M files (half of them referenced), against a script's way (cleanup_baseline.py).
 bench_cleanup() {
 	local dir=$W/uploads-cleanup
 	printf '\n## cleanup_orphans(): scan of upload_dir, half the files referenced\n\n'

@@ -47,8 +47,8 @@ server_os_user(void)
 
 /*
  * The configured upload directory, checked: set, existing, a directory,
- * writable by this server.  This is the seed's "Permission denied", caught
- * before anything is downloaded.
+ * writable by this server.  A "Permission denied" on the upload directory
+ * is caught here, before anything is downloaded or inserted.
  */
 const char *
 upload_check_dir(void)

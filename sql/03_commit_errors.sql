@@ -58,7 +58,7 @@ SET regstage.bot_token = '123:wrong';
 SELECT * FROM regstage_test.commit_fails(8014, 'AgACp_e14', 'AgACs_e14', both_fail => true);
 RESET regstage.bot_token;
 
--- upload_dir unset, missing, not a directory, not writable (the seed's Permission denied)
+-- upload_dir unset, missing, not a directory, not writable (Permission denied)
 SET regstage.upload_dir = '';
 SELECT * FROM regstage_test.commit_fails(8020, 'AgACp_e20', 'AgACs_e20');
 SELECT regexp_replace(regstage_test.hint('SELECT regstage.commit_registration(8020)'), '"[a-z_]+"', '"<os user>"');
@@ -83,7 +83,7 @@ SELECT count(*) AS users FROM regstage.users WHERE telegram_id BETWEEN 8000 AND 
 SELECT * FROM regstage_test.files() f WHERE f NOT SIMILAR TO '700[1378]/%';
 SELECT count(*) AS complete_staged FROM generate_series(8001, 8023) t WHERE regstage.is_registration_complete(t);
 
--- and a retry after the fault is gone succeeds (the seed's "try again with /start")
+-- and a retry after the fault is gone succeeds (the user's "try again with /start")
 SELECT regstage.stage_document(8023, 'passport', 'AgACp_retry');
 SELECT regstage.commit_registration(8023) > 0 AS retried;
 SELECT * FROM regstage_test.documents_ok(8023);

@@ -1,4 +1,4 @@
--- cleanup_orphans(): the seed's test 4, temporary files, symlinks that
+-- cleanup_orphans(): orphans by age, temporary files, symlinks that
 -- point outside, unreadable directories, empty per-user directories.
 \set VERBOSITY terse
 SELECT current_setting('regstage_test.fixtures') || '/work/cleanup' AS dir \gset
@@ -26,7 +26,7 @@ SELECT * FROM regstage_test.sh(format($sh$cd %1$s &&
 	echo x > locked/unreachable.jpg && chmod 000 locked &&
 	touch -d '3 days ago' 6003 $sh$, :'dir'));
 
--- Seed test 4: the old orphan goes, the referenced file of the same age and
+-- Orphans by age: the old orphan goes, the referenced file of the same age and
 -- the recent orphan stay; an old temporary file goes, a recent one stays;
 -- the unreadable directory is an error and the walk goes on; a per-user
 -- directory found empty (6003) or left empty by the run (6006) goes.
@@ -88,7 +88,7 @@ SELECT count(*) AS still_there FROM regstage.users WHERE telegram_id IN (6101, 6
 SELECT regstage.purge_stuck_pending();
 SELECT telegram_id FROM regstage.users WHERE telegram_id BETWEEN 6000 AND 6999 ORDER BY 1;
 
--- fix_document_paths(): a row whose file moved (the seed's flat layout)
+-- fix_document_paths(): a row whose file moved (the old bot's flat layout)
 INSERT INTO regstage.users (telegram_id, full_name, phone, language) VALUES (6201, 'Moved Files', '+79160006201', 'ru');
 INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, size_bytes, sha256)
 SELECT id, t, 'AgAC_' || t, p, 5, repeat('b', 64) FROM regstage.users,

@@ -80,7 +80,7 @@ SELECT regstage_test.bot(regstage_test.text(9, 10001, 'hello?'));
 -- a redelivered update is not applied twice
 SELECT regstage.handle_update(regstage_test.text(9, 10001, 'hello?'));
 
--- 2. Interrupted and resumed (the seed's test 2): the passport is not asked again
+-- 2. Interrupted and resumed: the passport is not asked again
 SELECT regstage_test.bot(regstage_test.text(20, 10002, '/start', 'en'));
 SELECT regstage_test.bot(regstage_test.callback(21, 10002, 'lang:en'));
 SELECT regstage_test.bot(regstage_test.text(22, 10002, 'John Smith'));

@@ -86,7 +86,7 @@ DROP DATABASE regstage_other;
 DELETE FROM regstage.users WHERE telegram_id = 7101;
 
 -------------------------------------------------------------------------------
--- 2. Rows with legacy paths (absolute, the seed's flat layout, ./ and //):
+-- 2. Rows with legacy paths (absolute, the old bot's flat layout, ./ and //):
 --    their files are referenced, so a cleanup before the migration keeps
 --    them and fix_document_paths() then fixes every row.
 -------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ INSERT INTO regstage.documents (user_id, doc_type, telegram_file_id, file_path, 
 SELECT id, t, 'AgAC_' || t, p, 5, repeat('c', 64) FROM regstage.users,
 	(VALUES ('passport', :'dir' || '//7201/./passport-abs.jpg'),	-- absolute, under upload_dir
 			('selfie', '/app/uploads/7201_selfie_old.jpg'),			-- absolute, the old server's directory
-			('licence', 'uploads/7201_licence_flat.jpg'),			-- the seed's flat layout
+			('licence', 'uploads/7201_licence_flat.jpg'),			-- the old bot's flat layout
 			('visa', './7201//visa-dup.jpg')) v(t, p)				-- ./ and a double slash
  WHERE telegram_id = 7201;
 SELECT * FROM regstage_test.sh(format($sh$cd %s && mkdir 7201 &&

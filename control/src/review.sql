@@ -1,5 +1,6 @@
 -------------------------------------------------------------------------------
--- Migration and admin visibility (the seed's "migration of old users")
+-- Migration of users left by a bot that saved users before their documents,
+-- and what an admin reviews
 -------------------------------------------------------------------------------
 
 -- PENDING users without a single document: left behind by the old architecture.
