@@ -201,7 +201,9 @@ secret_file_read(const char *setting, const char *path, char *buf, size_t bufsiz
 		int			save_errno = errno;
 
 		snprintf(why, whylen, "could not open %s \"%s\": %s", setting, path, strerror(save_errno));
-		return save_errno == ENOENT ? ERRCODE_UNDEFINED_FILE : ERRCODE_INSUFFICIENT_PRIVILEGE;
+		if (save_errno == ENOENT)
+			return ERRCODE_UNDEFINED_FILE;
+		return (save_errno == EACCES || save_errno == EPERM) ? ERRCODE_INSUFFICIENT_PRIVILEGE : ERRCODE_IO_ERROR;
 	}
 	if (fstat(fd, &st) < 0)
 	{
@@ -258,11 +260,13 @@ secret_file_read(const char *setting, const char *path, char *buf, size_t bufsiz
 	}
 	close(fd);
 
-	/* one trailing newline (as echo or an editor writes it) is not part of the secret */
+	/* one trailing newline ("\n" or "\r\n", as echo or an editor writes it) is not part of the secret */
 	if (len > 0 && buf[len - 1] == '\n')
+	{
 		len--;
-	if (len > 0 && buf[len - 1] == '\r')
-		len--;
+		if (len > 0 && buf[len - 1] == '\r')
+			len--;
+	}
 	buf[len] = '\0';
 	if (len > bufsize - 2)
 	{
@@ -298,6 +302,7 @@ regstage_bot_token_value(void)
 	char		buf[REGSTAGE_SECRET_MAX + 2];
 	char		why[MAXPGPATH + 128];
 	int			code;
+	char	   *result;
 
 	if (regstage_bot_token_file == NULL || regstage_bot_token_file[0] == '\0')
 		return pstrdup(regstage_bot_token ? regstage_bot_token : "");
@@ -308,7 +313,9 @@ regstage_bot_token_value(void)
 				(errcode(code),
 				 errmsg("%s", why),
 				 errhint("The file must be a regular file owned by the OS user running PostgreSQL, with mode 0600 or 0400, holding the token and at most one trailing newline.")));
-	return pstrdup(buf);
+	result = pstrdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	return result;
 }
 
 /*

@@ -264,6 +264,11 @@ set_system($files, 'regstage.bot_token_file', "$secrets/nonexistent");
 like(register($files, 7004), qr{could not open regstage\.bot_token_file "\Q$secrets\E/nonexistent": No such file},
 	'files: a missing token file is named');
 set_system($files, 'regstage.bot_token_file', undef);
+write_secret('bot_token', "$token\nsecond line\n");
+like(register($files, 7004), qr/regstage\.bot_token_file "\Q$token_file\E" has more than one line/,
+	'files: a token file of more than one line is refused, without showing it');
+write_secret('bot_token', "$token\r\n");
+like(register($files, 7004), qr/committed \d+/, 'files: a token file ending in CRLF works');
 
 chmod 0604, $redis_password_file;
 like(run_as($files, 'postgres', 'SELECT regstage.staged(7004)'),
