@@ -9,6 +9,11 @@
  * Content is streamed into the caller's file descriptor, hashed on the
  * way, and never held in memory.
  *
+ * The token comes from regstage.bot_token_file or regstage.bot_token, read
+ * once per call of botapi_fetch_files.  Requests go through the proxy of
+ * regstage.http_proxy or none: never one from the environment
+ * (http_proxy, ALL_PROXY ...) that nobody configured for the database.
+ *
  * libcurl's handles are malloc'd and must not be jumped over: the whole
  * transfer loop runs inside PG_TRY with cleanup in PG_FINALLY, and the
  * curl callbacks themselves never raise (they record and return 0).
@@ -73,6 +78,9 @@ typedef struct Transfer
 	char		errbuf[CURL_ERROR_SIZE];
 } Transfer;
 
+/* The token of the fetch in progress (in its memory context), for URLs and redaction. */
+static const char *bot_token = NULL;
+
 /*
  * Replace every occurrence of the bot token in text.  Applied to every
  * string that comes from curl or from the server before it is shown.
@@ -80,7 +88,7 @@ typedef struct Transfer
 char *
 botapi_redact(const char *text)
 {
-	const char *token = regstage_bot_token;
+	const char *token = bot_token ? bot_token : regstage_bot_token;
 	size_t		tlen = token ? strlen(token) : 0;
 	StringInfoData out;
 	const char *p = text;
@@ -225,6 +233,9 @@ easy_common_setup(Transfer *t, const char *url)
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "pg_regstage/1.0");
+	/* "" means no proxy, whatever the environment says; NOPROXY "": no exceptions either */
+	curl_easy_setopt(e, CURLOPT_PROXY, regstage_http_proxy ? regstage_http_proxy : "");
+	curl_easy_setopt(e, CURLOPT_NOPROXY, "");
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, remaining_ms(t));
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 					 Min(remaining_ms(t), (long) CONNECT_TIMEOUT_MAX_MS));
@@ -243,7 +254,7 @@ start_getfile(Transfer *t, CURLM *multi)
 	StringInfoData body;
 
 	initStringInfo(&url);
-	appendStringInfo(&url, "%s/bot%s/getFile", regstage_telegram_api_url, regstage_bot_token);
+	appendStringInfo(&url, "%s/bot%s/getFile", regstage_telegram_api_url, bot_token);
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"file_id\": ");
 	escape_json(&body, t->file->file_id);
@@ -272,7 +283,7 @@ start_download(Transfer *t, CURLM *multi, const char *file_path)
 	StringInfoData url;
 
 	initStringInfo(&url);
-	appendStringInfo(&url, "%s/file/bot%s/%s", regstage_telegram_api_url, regstage_bot_token, file_path);
+	appendStringInfo(&url, "%s/file/bot%s/%s", regstage_telegram_api_url, bot_token, file_path);
 	curl_multi_remove_handle(multi, t->easy);
 	curl_easy_reset(t->easy);
 	easy_common_setup(t, url.data);
@@ -312,24 +323,24 @@ raise_transport_error(Transfer *t, CURLcode rc, const char *what)
 				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
 				 errmsg("could not connect to the Bot API at %s for %s of %s: %s",
 						regstage_telegram_api_url, what, t->file->doc_type, why),
-				 errhint("Check regstage.telegram_api_url and the network; the staged data is kept, so the user can retry with /start.")));
+				 errhint("Check regstage.telegram_api_url, regstage.http_proxy and that this server can reach them.")));
 	if (rc == CURLE_OPERATION_TIMEDOUT)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("%s of %s timed out after %d ms", what, t->file->doc_type,
 						regstage_download_timeout_ms),
 				 errdetail("%s", why),
-				 errhint("regstage.download_timeout bounds getFile plus the download of one document; the staged data is kept.")));
+				 errhint("Check that this server reaches regstage.telegram_api_url quickly; regstage.download_timeout bounds getFile plus the download of one document.")));
 	if (rc == CURLE_PARTIAL_FILE || rc == CURLE_RECV_ERROR || rc == CURLE_GOT_NOTHING)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("%s of %s was cut off after " INT64_FORMAT " bytes: %s",
 						what, t->file->doc_type, t->written, why),
-				 errhint("The Bot API closed the connection early; the staged data is kept, so the user can retry with /start.")));
+				 errhint("The Bot API, or a proxy on the way, closed the connection early; check the network path to regstage.telegram_api_url.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("%s of %s failed: %s", what, t->file->doc_type, why),
-			 errhint("The staged data is kept, so the user can retry with /start.")));
+			 errhint("Check regstage.telegram_api_url, regstage.http_proxy and the network path to them.")));
 }
 
 /* Text of a JSON string member, or NULL. */
@@ -363,7 +374,7 @@ on_getfile_done(Transfer *t, CURLM *multi)
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("Bot API answered getFile for %s with HTTP %ld and no valid JSON",
 						t->file->doc_type, status),
-				 errhint("Check regstage.telegram_api_url; the staged data is kept, so the user can retry with /start.")));
+				 errhint("Check that regstage.telegram_api_url points at the Telegram Bot API.")));
 	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(t->body)));
 	ok = JB_ROOT_IS_OBJECT(jb) ? getKeyJsonValueFromContainer(&jb->root, "ok", 2, NULL) : NULL;
 	if (ok == NULL || ok->type != jbvBool || !ok->val.boolean)
@@ -374,8 +385,10 @@ on_getfile_done(Transfer *t, CURLM *multi)
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("Bot API refused getFile for %s (HTTP %ld): %s", t->file->doc_type, status,
 						description ? botapi_redact(description) : "no description"),
-				 errhint("The file_id may be expired or belong to another bot; the staged data is kept, ask the user to send the %s again.",
-						 t->file->doc_type)));
+				 (status == 401 || status == 404)
+				 ? errhint("The Bot API did not accept the bot token: check regstage.bot_token_file or regstage.bot_token.")
+				 : errhint("The file_id may have expired or belong to another bot: check that the configured token is the token of the bot that received the %s.",
+						   t->file->doc_type)));
 	}
 	result = getKeyJsonValueFromContainer(&jb->root, "result", 6, NULL);
 	file_path = (result && result->type == jbvBinary)
@@ -385,7 +398,7 @@ on_getfile_done(Transfer *t, CURLM *multi)
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("Bot API answered getFile for %s without a usable file_path", t->file->doc_type),
 				 errdetail("A file_path must be relative, without \"..\", of letters, digits, \"_\", \"-\", \".\" and \"/\"."),
-				 errhint("The staged data is kept, so the user can retry with /start.")));
+				 errhint("Check that regstage.telegram_api_url points at the Telegram Bot API.")));
 	size = getKeyJsonValueFromContainer(result->val.binary.data, "file_size", 9, NULL);
 	t->expected_size = -1;
 	if (size && size->type == jbvNumeric)
@@ -397,7 +410,7 @@ on_getfile_done(Transfer *t, CURLM *multi)
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("document %s is " INT64_FORMAT " bytes, larger than regstage.max_file_size (%d bytes)",
 							t->file->doc_type, t->expected_size, regstage_max_file_size),
-					 errhint("Ask the user to send a smaller file; the staged data is kept.")));
+					 errhint("regstage.max_file_size sets the largest document accepted.")));
 	}
 	start_download(t, multi, file_path);
 }
@@ -409,7 +422,7 @@ raise_write_error(Transfer *t)
 	ereport(ERROR,
 			(errcode_for_file_access(),
 			 errmsg("could not write document %s to \"%s\": %m", t->file->doc_type, t->file->fd_path),
-			 errhint("Free space in regstage.upload_dir; the staged data is kept, so the user can retry with /start.")));
+			 errhint("Check free space and quotas on the file system of regstage.upload_dir.")));
 }
 
 /* The download finished: check status, size and content, record the hash. */
@@ -424,18 +437,18 @@ on_download_done(Transfer *t)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("Bot API answered the download of %s with HTTP %ld", t->file->doc_type, status),
-				 errhint("The staged data is kept, so the user can retry with /start.")));
+				 errhint("Check regstage.telegram_api_url and any proxy on the way; the Bot API serves a file for an hour after getFile.")));
 	if (t->written == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("document %s downloaded from the Bot API is empty", t->file->doc_type),
-				 errhint("Ask the user to send the %s again; the staged data is kept.", t->file->doc_type)));
+				 errhint("The Bot API served no bytes for this file_id; check that regstage.telegram_api_url points at the Telegram Bot API.")));
 	if (t->expected_size >= 0 && t->written != t->expected_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("download of %s was truncated: " INT64_FORMAT " of " INT64_FORMAT " bytes",
 						t->file->doc_type, t->written, t->expected_size),
-				 errhint("The staged data is kept, so the user can retry with /start.")));
+				 errhint("The connection ended before the size getFile announced; check the network path to regstage.telegram_api_url.")));
 	if (!flush_download_buffer(t))
 		raise_write_error(t);
 	if (pg_cryptohash_final(t->sha, digest, sizeof(digest)) < 0)
@@ -457,13 +470,14 @@ on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi)
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("document %s is larger than regstage.max_file_size (%d bytes)",
 							t->file->doc_type, regstage_max_file_size),
-					 errhint("Ask the user to send a smaller file; the staged data is kept.")));
+					 errhint("regstage.max_file_size sets the largest document accepted.")));
 		if (t->write_errno != 0)
 			raise_write_error(t);
 		if (t->body_overflow)
 			ereport(ERROR,
 					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("Bot API answered getFile for %s with more than %d bytes", t->file->doc_type, GETFILE_BODY_MAX)));
+					 errmsg("Bot API answered getFile for %s with more than %d bytes", t->file->doc_type, GETFILE_BODY_MAX),
+					 errhint("Check that regstage.telegram_api_url points at the Telegram Bot API.")));
 	}
 	if (rc != CURLE_OK)
 		raise_transport_error(t, rc, t->state == XFER_GETFILE ? "getFile" : "download");
@@ -535,17 +549,20 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 {
 	Transfer   *xfers = palloc0(sizeof(Transfer) * nfiles);
 	CURLM	   *multi;
+	char	   *token = regstage_bot_token_value();
 
-	if (regstage_bot_token == NULL || regstage_bot_token[0] == '\0')
+	if (token[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("regstage.bot_token is not set"),
-				 errhint("A superuser must set it, e.g. ALTER SYSTEM SET regstage.bot_token = '...'; SELECT pg_reload_conf();")));
+				 errhint("A superuser must point regstage.bot_token_file at a file holding the token (readable by the server's OS user only), e.g. ALTER SYSTEM SET regstage.bot_token_file = '/etc/regstage/bot_token'; SELECT pg_reload_conf();")));
 
 	PG_TRY();
 	{
 		int			pending = nfiles;
 		TimestampTz start = GetCurrentTimestamp();
+
+		bot_token = token;
 
 		multi = botapi_multi();
 		for (int i = 0; i < nfiles; i++)
@@ -583,6 +600,7 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 	}
 	PG_FINALLY();
 	{
+		bot_token = NULL;
 		for (int i = 0; i < nfiles; i++)
 		{
 			Transfer   *t = &xfers[i];

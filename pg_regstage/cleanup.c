@@ -981,6 +981,7 @@ PG_FUNCTION_INFO_V1(regstage_cleanup_orphans);
 Datum
 regstage_cleanup_orphans(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		max_age_s = interval_arg_seconds(fcinfo, 0, "max_age");
 	int64		tmp_max_age_s = interval_arg_seconds(fcinfo, 1, "tmp_max_age");
 	CleanupStats stats;

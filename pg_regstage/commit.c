@@ -181,6 +181,7 @@ insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **
 Datum
 regstage_commit_registration(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id;
 	StagedRegistration *staged;
 	List	   *doc_types;

@@ -50,6 +50,7 @@ tuple_file(TriggerData *trigdata, HeapTuple tuple)
 Datum
 regstage_document_file_trigger(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	char	   *path;
 

@@ -4,11 +4,21 @@
  * Connection and path settings are PGC_SUSET: a superuser (or
  * postgresql.conf) decides where Redis, the Bot API and the upload
  * directory are; the bot role only calls functions.  The two secrets are
- * GUC_SUPERUSER_ONLY so that pg_settings and SHOW hide them from others.
+ * GUC_SUPERUSER_ONLY so that pg_settings and SHOW hide them from others --
+ * but only once this library has defined them.  Until then PostgreSQL keeps
+ * a setting of postgresql.conf as a placeholder that every role may read,
+ * so the library must be in shared_preload_libraries (checked by
+ * regstage_require_preload() in every SQL-callable function), and the
+ * secrets are best kept in files (regstage.bot_token_file,
+ * regstage.redis_password_file) that only the server's OS user can read:
+ * their content never sits in a setting.
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
@@ -32,6 +42,9 @@ char	   *regstage_upload_dir = NULL;
 char	   *regstage_test_inject = NULL;
 char	   *regstage_telegram_api_url = NULL;
 char	   *regstage_bot_token = NULL;
+char	   *regstage_bot_token_file = NULL;
+char	   *regstage_redis_password_file = NULL;
+char	   *regstage_http_proxy = NULL;
 int			regstage_download_timeout_ms = 60000;
 int			regstage_max_file_size = 20 * 1024 * 1024;
 int			regstage_cleanup_interval_s = 3600;
@@ -39,6 +52,9 @@ int			regstage_cleanup_memory_kb = 32768;
 int			regstage_cleanup_max_age_s = 48 * 3600;
 int			regstage_cleanup_tmp_max_age_s = 24 * 3600;
 char	   *regstage_database = NULL;
+
+/* Was the library loaded from shared_preload_libraries (in the postmaster)? */
+static bool loaded_at_startup = false;
 
 /* A document type is a short lower-case identifier: it becomes part of a file name. */
 static bool
@@ -73,11 +89,23 @@ check_required_documents(char **newval, void **extra, GucSource source)
 	foreach(lc, items)
 	{
 		const char *t = lfirst(lc);
+		ListCell   *earlier;
 
 		if (!valid_doc_type_name(t, strlen(t)))
 		{
 			GUC_check_errdetail("Document type \"%s\" must be 1-32 characters of a-z, 0-9 and _.", t);
 			return false;
+		}
+		/* a registration stores one document per type: UNIQUE(user_id, doc_type) */
+		foreach(earlier, items)
+		{
+			if (earlier == lc)
+				break;
+			if (strcmp(lfirst(earlier), t) == 0)
+			{
+				GUC_check_errdetail("Document type \"%s\" is listed more than once.", t);
+				return false;
+			}
 		}
 	}
 	return true;
@@ -123,6 +151,203 @@ check_api_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Empty (no proxy), or a proxy URL libcurl understands. */
+static bool
+check_http_proxy(char **newval, void **extra, GucSource source)
+{
+	static const char *const schemes[] = {"http://", "https://", "socks4://", "socks4a://",
+	"socks5://", "socks5h://"};
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	for (int i = 0; i < lengthof(schemes); i++)
+		if (strncmp(*newval, schemes[i], strlen(schemes[i])) == 0 &&
+			(*newval)[strlen(schemes[i])] != '\0')
+			return true;
+	GUC_check_errdetail("The proxy must be empty (no proxy) or a URL starting with http://, https://, socks4://, socks4a://, socks5:// or socks5h://.");
+	return false;
+}
+
+/*
+ * Refuse to run unless loaded from shared_preload_libraries.  Loaded later,
+ * the library cannot protect its secrets: every backend that has not loaded
+ * it yet shows a regstage.* line of postgresql.conf to any role.
+ */
+bool
+regstage_require_preload(void)
+{
+	if (!loaded_at_startup)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_regstage must be loaded via shared_preload_libraries"),
+				 errdetail("Until it is, regstage.* settings in postgresql.conf are placeholders that every role can read."),
+				 errhint("Add pg_regstage to shared_preload_libraries in postgresql.conf and restart the server.")));
+	return true;
+}
+
+/*
+ * Read a secret file into buf (NUL-terminated).  Never raises: the Redis
+ * connection is also made where an ERROR is not allowed (after commit).
+ * Returns 0, or an SQLSTATE with a message naming the setting and the path
+ * -- never the content -- in why.
+ */
+static int
+secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
+				 char *why, size_t whylen)
+{
+	int			fd;
+	struct stat st;
+	size_t		len = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+	{
+		int			save_errno = errno;
+
+		snprintf(why, whylen, "could not open %s \"%s\": %s", setting, path, strerror(save_errno));
+		if (save_errno == ENOENT)
+			return ERRCODE_UNDEFINED_FILE;
+		return (save_errno == EACCES || save_errno == EPERM) ? ERRCODE_INSUFFICIENT_PRIVILEGE : ERRCODE_IO_ERROR;
+	}
+	if (fstat(fd, &st) < 0)
+	{
+		int			save_errno = errno;
+
+		close(fd);
+		snprintf(why, whylen, "could not stat %s \"%s\": %s", setting, path, strerror(save_errno));
+		return ERRCODE_IO_ERROR;
+	}
+	if (!S_ISREG(st.st_mode))
+	{
+		close(fd);
+		snprintf(why, whylen, "%s \"%s\" is not a regular file", setting, path);
+		return ERRCODE_CONFIG_FILE_ERROR;
+	}
+	if (st.st_uid != geteuid())
+	{
+		close(fd);
+		snprintf(why, whylen, "%s \"%s\" is not owned by the server's OS user", setting, path);
+		return ERRCODE_CONFIG_FILE_ERROR;
+	}
+	if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+	{
+		close(fd);
+		snprintf(why, whylen, "%s \"%s\" has group or other permissions (mode %04o)",
+				 setting, path, (unsigned) (st.st_mode & 07777));
+		return ERRCODE_CONFIG_FILE_ERROR;
+	}
+	for (;;)
+	{
+		ssize_t		n = read(fd, buf + len, bufsize - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+		{
+			int			save_errno = errno;
+
+			close(fd);
+			snprintf(why, whylen, "could not read %s \"%s\": %s", setting, path, strerror(save_errno));
+			return ERRCODE_IO_ERROR;
+		}
+		if (n == 0)
+			break;
+		len += n;
+		if (len == bufsize)
+		{
+			close(fd);
+			buf[0] = '\0';
+			snprintf(why, whylen, "%s \"%s\" is longer than %d bytes",
+					 setting, path, (int) bufsize - 2);
+			return ERRCODE_CONFIG_FILE_ERROR;
+		}
+	}
+	close(fd);
+
+	/* one trailing newline ("\n" or "\r\n", as echo or an editor writes it) is not part of the secret */
+	if (len > 0 && buf[len - 1] == '\n')
+	{
+		len--;
+		if (len > 0 && buf[len - 1] == '\r')
+			len--;
+	}
+	buf[len] = '\0';
+	if (len > bufsize - 2)
+	{
+		buf[0] = '\0';
+		snprintf(why, whylen, "%s \"%s\" is longer than %d bytes",
+				 setting, path, (int) bufsize - 2);
+		return ERRCODE_CONFIG_FILE_ERROR;
+	}
+	if (len == 0)
+	{
+		snprintf(why, whylen, "%s \"%s\" is empty", setting, path);
+		return ERRCODE_CONFIG_FILE_ERROR;
+	}
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] == '\0' || buf[i] == '\n' || buf[i] == '\r')
+		{
+			buf[0] = '\0';
+			snprintf(why, whylen, "%s \"%s\" has more than one line", setting, path);
+			return ERRCODE_CONFIG_FILE_ERROR;
+		}
+	return 0;
+}
+
+/*
+ * The bot token: the content of regstage.bot_token_file when that is set
+ * (it wins over regstage.bot_token), else regstage.bot_token; "" when
+ * neither is set.  Read on every call, so a changed file or setting takes
+ * effect with the next commit.  palloc'd in the current memory context.
+ */
+char *
+regstage_bot_token_value(void)
+{
+	char		buf[REGSTAGE_SECRET_MAX + 2];
+	char		why[MAXPGPATH + 128];
+	int			code;
+	char	   *result;
+
+	if (regstage_bot_token_file == NULL || regstage_bot_token_file[0] == '\0')
+		return pstrdup(regstage_bot_token ? regstage_bot_token : "");
+	code = secret_file_read("regstage.bot_token_file", regstage_bot_token_file,
+							buf, sizeof(buf), why, sizeof(why));
+	if (code != 0)
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("%s", why),
+				 errhint("The file must be a regular file owned by the OS user running PostgreSQL, with mode 0600 or 0400, holding the token and at most one trailing newline.")));
+	result = pstrdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	return result;
+}
+
+/*
+ * The Redis password into buf: the content of regstage.redis_password_file
+ * when that is set (it wins over regstage.redis_password), else
+ * regstage.redis_password; "" when neither is set.  Never raises: false
+ * with a message in why (and the SQLSTATE in *code) when the file cannot
+ * be used.
+ */
+bool
+regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen, int *code)
+{
+	if (regstage_redis_password_file == NULL || regstage_redis_password_file[0] == '\0')
+	{
+		if (strlcpy(buf, regstage_redis_password ? regstage_redis_password : "", buflen) >= buflen)
+		{
+			snprintf(why, whylen, "regstage.redis_password is longer than %d bytes", (int) buflen - 2);
+			*code = ERRCODE_CONFIG_FILE_ERROR;
+			buf[0] = '\0';
+			return false;
+		}
+		return true;
+	}
+	*code = secret_file_read("regstage.redis_password_file", regstage_redis_password_file,
+							 buf, buflen, why, whylen);
+	return *code == 0;
+}
+
 /*
  * The configured required document types, in asking order, as a List of
  * palloc'd strings in the current memory context.
@@ -144,6 +369,8 @@ regstage_required_document_list(void)
 void
 regstage_define_gucs(void)
 {
+	loaded_at_startup = process_shared_preload_libraries_in_progress;
+
 	DefineCustomStringVariable("regstage.redis_host",
 							   "Redis host name, or an absolute path to its unix socket.",
 							   NULL, &regstage_redis_host, "127.0.0.1",
@@ -158,6 +385,12 @@ regstage_define_gucs(void)
 							   &regstage_redis_password, "",
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("regstage.redis_password_file",
+							   "Absolute path of a file holding the Redis password (overrides regstage.redis_password).",
+							   "Must be owned by the server's OS user and not accessible to group or others; one trailing newline is ignored. Read when connecting.",
+							   &regstage_redis_password_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_absolute_or_empty, NULL, NULL);
 	DefineCustomIntVariable("regstage.redis_db",
 							"Redis database number selected after connecting.",
 							NULL, &regstage_redis_db, 0, 0, 1024,
@@ -209,6 +442,18 @@ regstage_define_gucs(void)
 							   &regstage_bot_token, "",
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("regstage.bot_token_file",
+							   "Absolute path of a file holding the Telegram bot token (overrides regstage.bot_token).",
+							   "Must be owned by the server's OS user and not accessible to group or others; one trailing newline is ignored. Read for every commit.",
+							   &regstage_bot_token_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_absolute_or_empty, NULL, NULL);
+	DefineCustomStringVariable("regstage.http_proxy",
+							   "Proxy for Bot API requests (empty: connect directly).",
+							   "The http_proxy, https_proxy and all_proxy environment variables are ignored.",
+							   &regstage_http_proxy, "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   check_http_proxy, NULL, NULL);
 	DefineCustomIntVariable("regstage.download_timeout",
 							"Timeout for fetching one document (getFile plus download).",
 							NULL, &regstage_download_timeout_ms, 60000, 100, INT_MAX,
@@ -234,10 +479,15 @@ regstage_define_gucs(void)
 							"With more rows than fit, or 0, it checks each batch of files with an index probe instead (slower, flat memory).",
 							&regstage_cleanup_memory_kb, 32768, 0, MAX_KILOBYTES,
 							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
-	DefineCustomStringVariable("regstage.database",
-							   "Database the cleanup background worker connects to.",
-							   NULL, &regstage_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/*
+	 * A PGC_POSTMASTER setting can only be defined while preloading (later it
+	 * is a FATAL); without preloading there is no worker to configure.
+	 */
+	if (loaded_at_startup)
+		DefineCustomStringVariable("regstage.database",
+								   "Database the cleanup background worker connects to.",
+								   NULL, &regstage_database, "postgres",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
 	/*
 	 * Test only (pg_regress sql/07_cleanup_safety.sql): SQL the orphan

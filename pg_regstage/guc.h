@@ -10,6 +10,7 @@
 extern char *regstage_redis_host;
 extern int	regstage_redis_port;
 extern char *regstage_redis_password;
+extern char *regstage_redis_password_file;
 extern int	regstage_redis_db;
 extern int	regstage_redis_timeout_ms;
 extern char *regstage_key_prefix;
@@ -27,6 +28,8 @@ extern int	regstage_retention_s;
 extern char *regstage_upload_dir;
 extern char *regstage_telegram_api_url;
 extern char *regstage_bot_token;
+extern char *regstage_bot_token_file;
+extern char *regstage_http_proxy;
 extern int	regstage_download_timeout_ms;
 extern int	regstage_max_file_size;
 
@@ -38,7 +41,21 @@ extern int	regstage_cleanup_tmp_max_age_s;
 extern char *regstage_database;
 extern char *regstage_test_inject;	/* test only: see guc.c */
 
+/* longest secret accepted, from a setting or a file */
+#define REGSTAGE_SECRET_MAX 4096
+
 extern void regstage_define_gucs(void);
+extern bool regstage_require_preload(void);
+
+/*
+ * The first line of every SQL-callable function.  A declaration, so that it
+ * runs before the initializers of the function's other declarations.
+ */
+#define REGSTAGE_REQUIRE_PRELOAD() \
+	bool		regstage_preloaded pg_attribute_unused() = regstage_require_preload()
 extern List *regstage_required_document_list(void);
+extern char *regstage_bot_token_value(void);
+extern bool regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen,
+										  int *code);
 
 #endif

@@ -25,6 +25,7 @@
 
 #include "dirwalk.h"
 #include "ownership.h"
+#include "guc.h"
 #include "upload.h"
 
 typedef struct Listing
@@ -113,6 +114,7 @@ PG_FUNCTION_INFO_V1(regstage_upload_files);
 Datum
 regstage_upload_files(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	const char *root = upload_check_dir();
 	Listing    *l = palloc0(sizeof(Listing));

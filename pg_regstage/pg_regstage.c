@@ -3,7 +3,11 @@
  *
  * Defines the settings, registers the transaction callbacks of the upload
  * store once per process, initialises libcurl, and (when preloaded)
- * registers the orphan-cleanup background worker.
+ * registers the orphan-cleanup background worker.  Loaded any other way
+ * (CREATE EXTENSION, LOAD, session_preload_libraries) it defines no
+ * postmaster-only setting and no worker, and every SQL-callable function
+ * refuses to run (regstage_require_preload): the secrets are protected only
+ * in a cluster that preloads it.
  */
 #include "postgres.h"
 

@@ -96,8 +96,8 @@ redis_on_exit(int code, Datum arg)
 static void
 redis_compute_identity(char *buf, size_t len)
 {
-	snprintf(buf, len, "%s|%d|%d|%s", regstage_redis_host, regstage_redis_port,
-			 regstage_redis_db, regstage_redis_password);
+	snprintf(buf, len, "%s|%d|%d|%s|%s", regstage_redis_host, regstage_redis_port,
+			 regstage_redis_db, regstage_redis_password, regstage_redis_password_file);
 }
 
 /*
@@ -284,6 +284,7 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 	redisContext *c;
 	int			flags;
 	static bool exit_hook_registered = false;
+	char		password[REGSTAGE_SECRET_MAX + 2];
 
 	redis_compute_identity(identity, sizeof(identity));
 	if (redis_conn && (redis_conn_busy || redis_conn->err ||
@@ -298,6 +299,8 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 		exit_hook_registered = true;
 	}
 
+	if (!regstage_redis_password_value(password, sizeof(password), errbuf, errlen, errcode_out))
+		return false;
 	tv.tv_sec = regstage_redis_timeout_ms / 1000;
 	tv.tv_usec = (regstage_redis_timeout_ms % 1000) * 1000;
 	if (regstage_redis_host[0] == '/')
@@ -327,18 +330,18 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 	strlcpy(redis_conn_identity, identity, sizeof(redis_conn_identity));
 
 	/* AUTH and SELECT in one round trip */
-	if (regstage_redis_password[0] != '\0' || regstage_redis_db != 0)
+	if (password[0] != '\0' || regstage_redis_db != 0)
 	{
 		RedisCommand cmds[2];
 		RedisValue *replies[2] = {NULL, NULL};
 		char		dbbuf[16];
 		int			n = 0;
 
-		if (regstage_redis_password[0] != '\0')
+		if (password[0] != '\0')
 		{
 			redis_cmd_init(&cmds[n]);
 			redis_cmd_arg(&cmds[n], "AUTH");
-			redis_cmd_arg(&cmds[n], regstage_redis_password);
+			redis_cmd_arg(&cmds[n], password);
 			n++;
 		}
 		if (regstage_redis_db != 0)

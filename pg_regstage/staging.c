@@ -50,6 +50,7 @@ text_arg(FunctionCallInfo fcinfo, int n, const char *name)
 Datum
 regstage_stage_language(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	char	   *language = text_arg(fcinfo, 1, "language");
 
@@ -90,6 +91,7 @@ normalize_data_field(const char *name, const char *value)
 Datum
 regstage_stage_user_data(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	Jsonb	   *data;
 	JsonbIterator *it;
@@ -137,6 +139,7 @@ regstage_stage_user_data(PG_FUNCTION_ARGS)
 Datum
 regstage_stage_document(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	char	   *doc_type = text_arg(fcinfo, 1, "doc_type");
 	char	   *file_id = text_arg(fcinfo, 2, "file_id");
@@ -192,6 +195,7 @@ staged_to_jsonb(StagedRegistration *s, bool *isnull)
 Datum
 regstage_staged(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	bool		isnull;
 	Datum		result = staged_to_jsonb(redis_fetch_staged(telegram_id_arg(fcinfo)), &isnull);
 
@@ -228,6 +232,7 @@ text_step_candidate(const char *step, const char *answer)
 Datum
 regstage_stage_text_answer(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	char	   *answer = text_arg(fcinfo, 1, "answer");
 	char	   *username = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
@@ -292,6 +297,7 @@ text_array_from_list(List *items)
 Datum
 regstage_missing(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 
 	PG_RETURN_ARRAYTYPE_P(text_array_from_list(staging_missing_items(redis_fetch_staged(telegram_id))));
@@ -331,6 +337,7 @@ fields_from_jsonb(Jsonb *staged, const char *key)
 Datum
 regstage_missing_from(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	StagedRegistration s = {0};
 
 	if (!PG_ARGISNULL(0))
@@ -353,12 +360,14 @@ regstage_missing_from(PG_FUNCTION_ARGS)
 Datum
 regstage_extend_ttl(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	PG_RETURN_BOOL(redis_extend_ttl(telegram_id_arg(fcinfo)));
 }
 
 Datum
 regstage_clear_registration(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	PG_RETURN_BOOL(redis_clear(telegram_id_arg(fcinfo)));
 }
 
@@ -366,6 +375,7 @@ regstage_clear_registration(PG_FUNCTION_ARGS)
 Datum
 regstage_normalize_phone(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	char	   *normalized = normalize_phone(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 
 	if (normalized == NULL)

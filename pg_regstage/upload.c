@@ -349,6 +349,7 @@ PG_FUNCTION_INFO_V1(regstage_document_file_exists);
 Datum
 regstage_document_file_exists(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	char	   *rel = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char		path[MAXPGPATH];
 	struct stat st;

@@ -157,13 +157,14 @@ SELECT set_config('regstage.test_inject',
 	  SELECT id, 'passport', 'AgAC_late', '7401/passport-late.jpg', 5, repeat('d', 64)
 	    FROM regstage.users WHERE telegram_id = 7401$$, false) IS NOT NULL AS hook_set;
 CREATE FUNCTION pg_temp.late_setup(dir text) RETURNS SETOF text LANGUAGE sql AS $$
-	DELETE FROM regstage.documents WHERE file_path = '7401/passport-late.jpg';
 	SELECT * FROM regstage_test.sh(format($sh$mkdir -p %1$s/7401 && echo test > %1$s/7401/passport-late.jpg &&
 		touch -d '3 days ago' %1$s/7401/passport-late.jpg $sh$, dir))
 $$;
 SELECT * FROM pg_temp.late_setup(:'dir');
 SELECT * FROM regstage.cleanup_orphans();
 SELECT * FROM regstage_test.sh(format('cd %s && find . -type f | sort', :'dir'));
+-- the row goes (and with it, at commit, its file), then the file comes back
+DELETE FROM regstage.documents WHERE file_path = '7401/passport-late.jpg';
 SELECT * FROM pg_temp.late_setup(:'dir');
 SET regstage.cleanup_memory = 0;
 SELECT * FROM regstage.cleanup_orphans();
