@@ -46,3 +46,10 @@ ALTER TABLE regstage.outbox ALTER COLUMN id SET DEFAULT nextval('regstage.outbox
 CREATE INDEX outbox_pending ON regstage.outbox (id) WHERE status = 'pending';
 CREATE INDEX outbox_pending_chat ON regstage.outbox (chat_id, id) WHERE status = 'pending';
 CREATE INDEX outbox_sent ON regstage.outbox (sent_at) WHERE status = 'sent';
+
+-- Both edges are data a dump must keep (pending updates, unsent replies),
+-- and the memory of applied update_ids with them.
+SELECT pg_catalog.pg_extension_config_dump('regstage.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('regstage.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('regstage.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('regstage.seen_updates', '');
