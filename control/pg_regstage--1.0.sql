@@ -363,7 +363,7 @@ $$;
 -- Is this SQLSTATE an outage (the relay must retry) rather than bad input?
 CREATE FUNCTION regstage.is_outage(sqlstate text)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
-	SELECT left(sqlstate, 2) IN ('08', '53', '57', '58', '40', 'XX')
+	SELECT left(sqlstate, 2) IN ('08', '28', '40', '53', '58') OR (left(sqlstate, 2) = '57' AND sqlstate <> '57014')
 $$;
 
 -- Not a usable photo/file at a document step: a hint, then the same question.

@@ -34,7 +34,7 @@ cleanup() {
 	local -
 	set +e
 	[ -n "${CRON_PID:-}" ] && kill "$CRON_PID" 2>/dev/null
-	stop_pidfile "$W/fixtures/work/redis-auth/redis.pid"	# the AUTH test's own Redis, if a test died
+	for f in "$W"/fixtures/work/*/*.pid; do stop_pidfile "$f"; done	# servers of the SQL tests, if one died
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
