@@ -14,8 +14,12 @@
 #   REGSTAGE_SUITES="pg_regress faults" bash scripts/test.sh
 #
 # runs only the named suites (names as in the summary); the others show as
-# "skipped".  Runs on one machine take turns (flock on $REGSTAGE_TEST_LOCK):
-# they share the installed extension and the servers' ports.
+# "skipped".  A suite whose test files are absent shows as "MISSING" and fails
+# the run.  Each suite's output is also kept in $W/log/suite-<name>.out.  At
+# the end every suite's bot token is looked for in every log and output
+# directory the suites write ("token-secrecy").  Runs on one machine take
+# turns (flock on $REGSTAGE_TEST_LOCK): they share the installed extension
+# and the servers' ports.
 set -Eeuo pipefail
 
 if [ -z "${REGSTAGE_TEST_LOCKED:-}" ]; then
