@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from regstage_testlib import (CheckFailed, Env, Relay, Report, callback, check, message, registration,  # noqa: E402
+from regstage_testlib import (Env, Relay, Report, callback, check, message, registration,  # noqa: E402
                               sqlstate, text, wait_for)
 
 env = Env("FAULT_SUITE")
