@@ -14,8 +14,12 @@
 #   REGSTAGE_SUITES="pg_regress faults" bash scripts/test.sh
 #
 # runs only the named suites (names as in the summary); the others show as
-# "skipped".  Runs on one machine take turns (flock on $REGSTAGE_TEST_LOCK):
-# they share the installed extension and the servers' ports.
+# "skipped".  A suite whose test files are absent shows as "MISSING" and fails
+# the run.  Each suite's output is also kept in $W/log/suite-<name>.out.  At
+# the end every suite's bot token is looked for in every log and output
+# directory the suites write ("token-secrecy").  Runs on one machine take
+# turns (flock on $REGSTAGE_TEST_LOCK): they share the installed extension
+# and the servers' ports.
 set -Eeuo pipefail
 
 if [ -z "${REGSTAGE_TEST_LOCKED:-}" ]; then
@@ -34,7 +38,7 @@ cleanup() {
 	local -
 	set +e
 	[ -n "${CRON_PID:-}" ] && kill "$CRON_PID" 2>/dev/null
-	stop_pidfile "$W/fixtures/work/redis-auth/redis.pid"	# the AUTH test's own Redis, if a test died
+	for f in "$W"/fixtures/work/*/*.pid; do stop_pidfile "$f"; done	# servers of the SQL tests, if one died
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
@@ -95,16 +99,26 @@ wanted() {	# is suite $1 selected (all are when REGSTAGE_SUITES is empty)?
 	return 1
 }
 
-run_suite() {	# name, command...
+# Every suite and the files it runs: a suite whose files are absent is
+# "MISSING" and fails the run (a deleted test must not vanish from the summary).
+present() {	# suite name, glob...: are the suite's files there?
+	local name=$1 f; shift
+	for f in "$@"; do [ -e "$f" ] && return 0; done
+	RESULT[$name]=MISSING; rc=1
+	log "suite $name: its test files ($*) are missing"
+	return 1
+}
+
+run_suite() {	# name, command...: the output also goes to $W/log/suite-<name>.out (token check)
 	local name=$1; shift
 	wanted "$name" || return 0
 	log "suite: $name"
-	if "$@"; then RESULT[$name]=ok; else RESULT[$name]=FAILED; rc=1; fi
+	if "$@" 2>&1 | tee "$W/log/suite-$name.out"; then RESULT[$name]=ok; else RESULT[$name]=FAILED; rc=1; fi
 }
 
 # pg_cron fires on minute boundaries: start it first, in its own database.
 PG_REGRESS=$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress
-if wanted pg_cron; then
+if wanted pg_cron && present pg_cron "$TREE"/test/cron/sql/*.sql; then
 	log "suite: pg_cron (in the background)"
 	(cd "$TREE" && as_server_user "$PG_REGRESS" --bindir="$PG_BIN" --inputdir=test/cron \
 		--outputdir=test/cron --dbname=cron_regression cleanup_cron >"$W/log/cron.out" 2>&1) &
@@ -112,15 +126,19 @@ if wanted pg_cron; then
 fi
 
 cd "$TREE"
-run_suite pg_regress as_server_user make -s installcheck ISOLATION= TAP_TESTS=
-[ -f regression.diffs ] && cat regression.diffs
-run_suite isolation as_server_user make -s installcheck REGRESS= TAP_TESTS=
-[ -f output_iso/regression.diffs ] && cat output_iso/regression.diffs
-if ls t/*.pl >/dev/null 2>&1; then
+if wanted pg_regress && present pg_regress sql/*.sql; then
+	run_suite pg_regress as_server_user make -s installcheck ISOLATION= TAP_TESTS=
+	[ -f regression.diffs ] && cat regression.diffs
+fi
+if wanted isolation && present isolation test/isolation/specs/*.spec; then
+	run_suite isolation as_server_user make -s installcheck REGRESS= TAP_TESTS=
+	[ -f output_iso/regression.diffs ] && cat output_iso/regression.diffs
+fi
+if wanted tap && present tap t/*.pl; then
 	run_suite tap as_server_user make -s installcheck REGRESS= ISOLATION= TAP_TESTS=1 PROVE_FLAGS=-v
 fi
-for t in test/scripts/*.sh; do
-	[ -e "$t" ] && run_suite "$(basename "$t" .sh)" bash "$t"
+for s in bringup relay faults; do
+	wanted $s && present $s test/scripts/$s.sh && run_suite $s bash test/scripts/$s.sh
 done
 
 if [ -n "${CRON_PID:-}" ]; then
@@ -131,18 +149,55 @@ if [ -n "${CRON_PID:-}" ]; then
 	[ -f test/cron/regression.diffs ] && cat test/cron/regression.diffs
 fi
 
-# The bot token must appear nowhere: server log, test output, stand-in log.
-log "check: the bot token appears in no log or output"
-if grep -rlF -- "$TOKEN" "$W/log" "$W/standin" results test/cron/results output_iso tmp_check 2>/dev/null; then
-	echo "the bot token leaked into the files above" >&2
-	RESULT[token-secrecy]=FAILED; rc=1
-else
-	RESULT[token-secrecy]=ok
-fi
+# No bot token may appear in any log or output.  Every suite that starts a
+# cluster has its own token (in its postgresql.conf, the only place it is
+# written); each token is looked for in every directory where the suites
+# write logs and output, skipping the clusters' data directories.  A
+# directory a suite that ran must have written, and does not exist, fails the
+# check: grep would silently skip it.
+log "check: no bot token appears in any log or output"
+ran() { [ "${RESULT[$1]:-}" = ok ] || [ "${RESULT[$1]:-}" = FAILED ]; }
+LOGDIRS=("$W/log" "$W/standin" "$W/redis")
+[ -d "$W/fixtures/work" ] && LOGDIRS+=("$W/fixtures/work")
+ran pg_regress && LOGDIRS+=("$TREE/results")
+ran isolation && LOGDIRS+=("$TREE/output_iso")
+ran tap && LOGDIRS+=("$TREE/tmp_check")
+ran pg_cron && LOGDIRS+=("$TREE/test/cron/results")
+ran relay && LOGDIRS+=("$W/relay")
+ran faults && LOGDIRS+=("$W/faults")
+ran bringup && LOGDIRS+=("$TREE/.local/")		# may be a symbolic link (up.sh): the slash follows it
+CONFS=("$W/pgdata/postgresql.conf")
+ran relay && CONFS+=("$W/relay/pgdata/postgresql.conf")
+ran faults && CONFS+=("$W/faults/pgdata/postgresql.conf")
+ran bringup && CONFS+=("$TREE/.local/pgdata/postgresql.conf")
+token_check=ok
+TOKENS=()
+for d in "${LOGDIRS[@]}"; do
+	[ -d "$d" ] || { echo "token check: expected directory $d is missing" >&2; token_check=FAILED; }
+done
+for c in "${CONFS[@]}"; do
+	t=$(sed -n "s/^regstage\.bot_token = '\(.*\)'\$/\1/p" "$c" 2>/dev/null | tail -1)
+	if [ -n "$t" ]; then TOKENS+=("$t"); else echo "token check: no bot token found in $c" >&2; token_check=FAILED; fi
+done
+for t in "${TOKENS[@]}"; do
+	for part in "$t" "${t#*:}"; do		# the whole token, and its secret half alone
+		set +e
+		grep -rlF --exclude-dir=pgdata -- "$part" "${LOGDIRS[@]}"
+		g=$?
+		set -e
+		case $g in
+		0) echo "a bot token leaked into the files above" >&2; token_check=FAILED ;;
+		1) ;;
+		*) echo "token check: grep failed (exit $g)" >&2; token_check=FAILED ;;
+		esac
+	done
+done
+RESULT[token-secrecy]=$token_check
+[ "$token_check" = ok ] || rc=1
 
 if [ $rc -ne 0 ]; then
 	log "postgres.log (last 60 lines)"
-	tail -60 "$W/log/postgres.log" | grep -vF -- "$TOKEN" || true
+	tail -60 "$W/log/postgres.log" | grep -vF -- "${TOKEN#*:}" || true
 fi
 log "summary"
 for k in "${!RESULT[@]}"; do printf '  %-16s %s\n' "$k" "${RESULT[$k]}"; done | sort

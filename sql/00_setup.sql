@@ -56,21 +56,37 @@ BEGIN
 END
 $$;
 
--- A shell command run by the server (as its OS user).
+-- A shell command run by the server (as its OS user): its output lines,
+-- stderr included.  A command that fails raises, with its exit status and
+-- output, so a broken fixture cannot pass unnoticed.
 CREATE FUNCTION regstage_test.sh(cmd text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+	status text;
 BEGIN
 	IF to_regclass('pg_temp.sh_out') IS NULL THEN
-		CREATE TEMP TABLE sh_out (line text);
+		CREATE TEMP TABLE sh_out (n bigserial, line text);
 	END IF;
 	TRUNCATE sh_out;
-	EXECUTE format('COPY sh_out FROM PROGRAM %L', cmd || ' 2>&1; true');
-	RETURN QUERY SELECT regstage_test.mask(line) FROM sh_out;
+	EXECUTE format('COPY sh_out (line) FROM PROGRAM %L',
+				   '( ' || cmd || E'\n) 2>&1; echo "regstage_test.sh exit status $?"');
+	-- the marker ends the last line (output without a final newline runs into it)
+	SELECT substring(line FROM 'regstage_test\.sh exit status ([0-9]+)$') INTO status
+	  FROM sh_out ORDER BY n DESC LIMIT 1;
+	UPDATE sh_out SET line = regexp_replace(line, 'regstage_test\.sh exit status [0-9]+$', '')
+	 WHERE n = (SELECT max(n) FROM sh_out);
+	DELETE FROM sh_out WHERE n = (SELECT max(n) FROM sh_out) AND line = '';
+	IF status IS DISTINCT FROM '0' THEN
+		RAISE EXCEPTION 'fixture command failed (exit status %): %', coalesce(status, 'unknown'), cmd
+			USING DETAIL = coalesce((SELECT string_agg(regstage_test.mask(line), E'\n' ORDER BY n) FROM sh_out), '');
+	END IF;
+	RETURN QUERY SELECT regstage_test.mask(line) FROM sh_out ORDER BY n;
 END
 $$;
 
--- Files under upload_dir, relative, sorted (without the ownership marker).
+-- Files under upload_dir, relative, sorted (without the ownership marker;
+-- none when it is not a directory).
 CREATE FUNCTION regstage_test.files() RETURNS SETOF text LANGUAGE sql AS $$
-	SELECT * FROM regstage_test.sh(format('cd %s && find . -type f ! -path ./.pg_regstage_owner | sed "s|^\./||" | sort',
+	SELECT * FROM regstage_test.sh(format('if [ -d %1$s ]; then cd %1$s && find . -type f ! -path ./.pg_regstage_owner | sed "s|^\./||" | sort; fi',
 										  current_setting('regstage.upload_dir')))
 $$;
 

@@ -104,7 +104,18 @@ SELECT file_path FROM regstage.documents WHERE file_path LIKE '%6201_%' ORDER BY
 -- pending_review: PENDING users, their documents, and whether each file is on disk
 SELECT telegram_id, full_name, doc_type, file_path, file_exists
   FROM regstage.pending_review WHERE telegram_id BETWEEN 6000 AND 6999 ORDER BY telegram_id, doc_type;
-SELECT regstage.document_file_exists('../../etc/passwd'), regstage.document_file_exists('/etc/passwd');
+-- document_file_exists(): paths leaving upload_dir are false, also when they
+-- reach a real file (each target's existence shown first); the same file
+-- named inside upload_dir is true.
+SELECT (pg_stat_file(:'dir' || '/../cleanup-outside/victim.jpg')).size > 0 AS sibling_file_exists,
+       (pg_stat_file('/etc/passwd')).size > 0 AS etc_passwd_exists,
+       (pg_stat_file(:'dir' || '//6201/6201_passport_AgAC.jpg')).size > 0 AS doubled_slash_reaches_a_file;
+SELECT regstage.document_file_exists('6201/6201_passport_AgAC.jpg') AS inside;
+SELECT regstage.document_file_exists('../cleanup-outside/victim.jpg') AS parent_walk,
+       regstage.document_file_exists('6201/../../cleanup-outside/victim.jpg') AS inner_walk,
+       regstage.document_file_exists(repeat('../', length(regexp_replace(:'dir', '[^/]', '', 'g'))) || 'etc/passwd') AS walk_to_etc_passwd,
+       regstage.document_file_exists(:'dir' || '-outside/victim.jpg') AS absolute_outside,
+       regstage.document_file_exists('/6201/6201_passport_AgAC.jpg') AS absolute_inside;
 
 DELETE FROM regstage.users WHERE telegram_id BETWEEN 6000 AND 6999;
 RESET regstage.upload_dir;

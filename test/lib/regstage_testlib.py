@@ -3,11 +3,31 @@ the Bot API stand-in's control API, Telegram-shaped updates, the relay
 process, and the case table every suite prints."""
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+
+if not __debug__:
+    # python -O / PYTHONOPTIMIZE strips assert statements: a suite would pass
+    # checks it never made.  The suites' checks raise (check()), and this
+    # refuses to run any that might still rely on assert.
+    raise SystemExit("the test suites must not run under python -O / PYTHONOPTIMIZE")
+
+
+class CheckFailed(Exception):
+    """A promise the product did not keep (raised by check())."""
+
+
+def check(cond, what):
+    """Raise CheckFailed(what) unless cond: an explicit check, unlike assert
+    it is never optimised away."""
+    if not cond:
+        raise CheckFailed(what)
+    return cond
 
 
 class Env:
@@ -70,31 +90,55 @@ class PsqlSession:
     def __init__(self, env, user):
         self.p = subprocess.Popen(["psql", "-h", env.sock, "-p", env.pg_port, "-U", user, "-d", "postgres",
                                    "-XAtq", "-v", "VERBOSITY=verbose"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, bufsize=1)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.n = 0
-        self.pid = self.run("SELECT pg_backend_pid()")[0]
+        self.buf = b""
+        self.pid = self.run("SELECT pg_backend_pid()", timeout=30)[0]
 
     def send(self, q):
         """Start a statement without waiting for it."""
         self.n += 1
-        self.p.stdin.write(q.rstrip().rstrip(";") + ";\n\\echo __END_%d__\n" % self.n)
+        self.p.stdin.write((q.rstrip().rstrip(";") + ";\n\\echo __END_%d__\n" % self.n).encode())
         self.p.stdin.flush()
         return self.n
 
+    def _readline(self, deadline):
+        """One output line, or None at EOF; raises CheckFailed at the deadline
+        even when psql prints nothing (a statement that hangs)."""
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CheckFailed("timeout")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if not self.buf:
+                    return None
+                line, self.buf = self.buf, b""
+                return line.decode("utf-8", "replace")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
     def wait(self, n=None, timeout=120):
+        """The output lines of statement n (default: the last one sent), up to
+        its end marker or psql's exit; CheckFailed after timeout seconds."""
         n = n or self.n
-        lines, t0 = [], time.time()
+        lines, deadline = [], time.monotonic() + timeout
         while True:
-            line = self.p.stdout.readline()
-            if not line:
-                return lines
-            line = line.rstrip("\n")
-            if line == "__END_%d__" % n:
+            try:
+                line = self._readline(deadline)
+            except CheckFailed:
+                self.p.kill()
+                self.p.wait()
+                raise CheckFailed("psql did not finish statement %d in %ss (output so far: %s)"
+                                  % (n, timeout, " | ".join(lines)[:300]))
+            if line is None or line == "__END_%d__" % n:
                 return lines
             lines.append(line)
-            if time.time() - t0 > timeout:
-                raise AssertionError("psql did not finish in %ss" % timeout)
 
     def run(self, q, timeout=120):
         return self.wait(self.send(q), timeout)
@@ -105,6 +149,7 @@ class PsqlSession:
             self.p.wait(10)
         except Exception:
             self.p.kill()
+            self.p.wait()
 
 
 def sqlstate(lines):
@@ -123,7 +168,7 @@ def wait_for(pred, timeout, what):
         if v:
             return v
         time.sleep(0.05)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+    raise CheckFailed("timed out after %ss waiting for %s" % (timeout, what))
 
 
 # ---- Telegram-shaped updates ----------------------------------------------
@@ -199,12 +244,19 @@ class Relay:
 
 # ---- the case table --------------------------------------------------------
 class Report:
+    """The case table.  REGSTAGE_CASES (a regular expression) runs only the
+    cases whose names match; the others show as "skipped"."""
+
     def __init__(self):
         self.results = []
+        self.only = os.environ.get("REGSTAGE_CASES")
 
     def case(self, name, checked):
         """Decorator: run the case now, record ok / the failure, go on."""
         def deco(fn):
+            if self.only and not re.search(self.only, name):
+                self.results.append((name, "skipped", checked, 0.0))
+                return fn
             t0 = time.time()
             try:
                 fn()
@@ -217,12 +269,15 @@ class Report:
 
     def finish(self):
         w = max(len(r[0]) for r in self.results)
-        print("\n%-*s | %-6s | %s" % (w, "case", "result", "what was checked"))
+        print("\n%-*s | %-7s | %s" % (w, "case", "result", "what was checked"))
         print("-" * (w + 70))
         for name, err, checked, dt in self.results:
-            print("%-*s | %-6s | %s (%.1f s)" % (w, name, "ok" if err is None else "FAILED", checked, dt))
-            if err:
+            result = "ok" if err is None else "skipped" if err == "skipped" else "FAILED"
+            print("%-*s | %-7s | %s (%.1f s)" % (w, name, result, checked, dt))
+            if err and err != "skipped":
                 print("%*s   -> %s" % (w, "", err))
-        failed = sum(1 for r in self.results if r[1])
-        print("%d passed, %d failed" % (len(self.results) - failed, failed))
-        return 1 if failed else 0
+        failed = sum(1 for r in self.results if r[1] and r[1] != "skipped")
+        skipped = sum(1 for r in self.results if r[1] == "skipped")
+        print("%d passed, %d failed%s" % (len(self.results) - failed - skipped, failed,
+                                          ", %d skipped (REGSTAGE_CASES)" % skipped if skipped else ""))
+        return 1 if failed or skipped else 0

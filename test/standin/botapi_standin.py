@@ -17,6 +17,12 @@ Test control (no token):
                          or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal;
                          "jitter": true makes each delay a random part of delay_ms)
 
+Every error answer names the request's URL, token included, as proxies and
+some servers do: ok=false descriptions end with "(POST /bot<token>/getFile)",
+download errors are an HTML page quoting the URL.  A client that passes an
+error text on unredacted leaks the token into the tests' logs and outputs,
+which the suites grep for it.
+
 Faults are chosen by the file_id, so tests stay stateless and parallel: the
 file_id is "_"-separated directives ending in any tag, e.g. "status500_t1".
   status<N>    getFile answers HTTP N with ok=false
@@ -122,6 +128,26 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def send_error_json(self, status, description, **extra):
+        """An ok=false answer whose description ends with the request line, as
+        proxies and some servers echo it: the URL holds the token, so every
+        error text a client passes on must be redacted."""
+        body = {"ok": False, "error_code": status,
+                "description": "%s (%s %s)" % (description, self.command, self.path)}
+        body.update(extra)
+        return self.send_json(status, body)
+
+    def send_error_html(self, status, reason):
+        """A web server's error page for a download, naming the URL (and so the token)."""
+        body = ("<html><head><title>%d %s</title></head><body><h1>%s</h1>"
+                "<p>The requested URL %s was not found on this server.</p></body></html>\n"
+                % (status, reason, reason, self.path)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def read_body(self):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
@@ -178,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.control("GET")
         is_file, token, rest = self.split_token(self.path)
         if token != self.st.token:
-            return self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return self.send_error_json(401, "Unauthorized")
         if is_file:
             return self.download(unquote(rest))
         return self.api(rest, {})
@@ -189,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
         is_file, token, rest = self.split_token(self.path)
         body = self.read_body()
         if token != self.st.token or is_file:
-            return self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return self.send_error_json(401, "Unauthorized")
         return self.api(rest, body)
 
     def api(self, method, body):
@@ -214,9 +240,7 @@ class Handler(BaseHTTPRequestHandler):
                     f["times"] = f.get("times", 1) - 1
                     status = f.get("status", 500)
                     params = {"retry_after": f["retry_after"]} if "retry_after" in f else {}
-                    return self.send_json(status, {"ok": False, "error_code": status,
-                                                   "description": f.get("description", "Injected fault"),
-                                                   "parameters": params})
+                    return self.send_error_json(status, f.get("description", "Injected fault"), parameters=params)
             st.calls.append({"method": method, "params": body, "at": time.time()})
             st.message_id += 1
             mid = st.message_id
@@ -249,16 +273,13 @@ class Handler(BaseHTTPRequestHandler):
                 n = st.counters.get(file_id, 0)
                 st.counters[file_id] = n + 1
             if n < d["flaky"]:
-                return self.send_json(500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
+                return self.send_error_json(500, "Internal Server Error")
         if "status" in d:
-            return self.send_json(d["status"], {"ok": False, "error_code": d["status"],
-                                                "description": "Injected HTTP %d" % d["status"]})
+            return self.send_error_json(d["status"], "Injected HTTP %d" % d["status"])
         if d.get("okfalse"):
-            return self.send_json(400, {"ok": False, "error_code": 400,
-                                        "description": "Bad Request: invalid file_id"})
+            return self.send_error_json(400, "Bad Request: invalid file_id")
         if not file_id:
-            return self.send_json(400, {"ok": False, "error_code": 400,
-                                        "description": "Bad Request: file_id is empty"})
+            return self.send_error_json(400, "Bad Request: file_id is empty")
         data = content_for_id(file_id)
         result = {"file_id": file_id, "file_unique_id": hashlib.md5(file_id.encode()).hexdigest()[:16],
                   "file_path": "documents/file_%s.jpg" % file_id}
@@ -275,12 +296,11 @@ class Handler(BaseHTTPRequestHandler):
     def download(self, file_path):
         m = re.match(r"^documents/file_(.+)\.jpg$", file_path)
         if not m:
-            return self.send_json(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return self.send_error_html(404, "Not Found")
         file_id = m.group(1)
         d = directives(file_id)
         if "dlstatus" in d:
-            return self.send_json(d["dlstatus"], {"ok": False, "error_code": d["dlstatus"],
-                                                  "description": "Injected"})
+            return self.send_error_html(d["dlstatus"], "Injected")
         data = content_for_id(file_id)
         if "dldelay" in d:
             time.sleep(d["dldelay"] / 1000.0)
