@@ -25,10 +25,10 @@ SHLIB_LINK = -lhiredis -lcurl
 DATA = control/pg_regstage--1.0.sql
 DATA_built = control/pg_regstage--$(EXTVERSION).sql control/pg_regstage--1.0--1.1.sql
 
-SQL_PARTS = c_api review conversation queue messages texts grants
-INSTALL_PARTS = control/src/header.sql control/src/schema.sql control/src/queue_tables.sql \
+SQL_PARTS = c_api review conversation queue admin messages texts grants
+INSTALL_PARTS = control/src/header.sql control/src/schema.sql control/src/queue_tables.sql control/src/admin_tables.sql \
 	$(patsubst %,control/src/%.sql,$(SQL_PARTS)) control/src/comments.sql
-UPGRADE_1_0_PARTS = control/upgrade/header.sql control/upgrade/1.0--1.1.sql control/src/queue_tables.sql \
+UPGRADE_1_0_PARTS = control/upgrade/header.sql control/upgrade/1.0--1.1.sql control/src/queue_tables.sql control/src/admin_tables.sql \
 	$(patsubst %,control/src/%.sql,$(SQL_PARTS)) control/upgrade/1.0--1.1-post.sql control/src/comments.sql
 
 control/pg_regstage--$(EXTVERSION).sql: $(INSTALL_PARTS)
