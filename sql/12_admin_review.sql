@@ -245,6 +245,9 @@ UPDATE regstage.users SET reviewed_at = now() - interval '31 days' WHERE telegra
 SELECT regstage.purge_rejected() AS purged;
 SELECT count(*) AS documents_of_120003 FROM regstage.documents WHERE user_id = regstage_test.uid(120003);
 SELECT telegram_id, action, detail FROM regstage.review_log WHERE action = 'documents_purged';
+-- both retention settings are read as SHOW gives them ('30d', '7d'): the
+-- worker's purge of the inbox and outbox runs with its default too
+SELECT count(*) AS purge_processed_ran FROM regstage.purge_processed();
 
 -- 15. Every new text in both built-in languages
 SELECT key FROM regstage.messages WHERE language = 'en'
