@@ -8,6 +8,9 @@
 # Warnings are errors only when asked for (CI: make WERROR=1); a user's
 # newer compiler must not fail the build over a new warning.
 
+# PGXS's "all" stays the default goal although rules follow before its include.
+.DEFAULT_GOAL := all
+
 EXTENSION = control/pg_regstage
 EXTVERSION = 1.1
 
@@ -25,10 +28,10 @@ SHLIB_LINK = -lhiredis -lcurl
 DATA = control/pg_regstage--1.0.sql
 DATA_built = control/pg_regstage--$(EXTVERSION).sql control/pg_regstage--1.0--1.1.sql
 
-SQL_PARTS = c_api document_files review conversation queue messages texts grants
-INSTALL_PARTS = control/src/header.sql control/src/schema.sql control/src/queue_tables.sql \
+SQL_PARTS = c_api document_files review conversation queue admin messages texts grants
+INSTALL_PARTS = control/src/header.sql control/src/schema.sql control/src/queue_tables.sql control/src/admin_tables.sql \
 	$(patsubst %,control/src/%.sql,$(SQL_PARTS)) control/src/comments.sql
-UPGRADE_1_0_PARTS = control/upgrade/header.sql control/upgrade/1.0--1.1.sql control/src/queue_tables.sql \
+UPGRADE_1_0_PARTS = control/upgrade/header.sql control/upgrade/1.0--1.1.sql control/src/queue_tables.sql control/src/admin_tables.sql \
 	$(patsubst %,control/src/%.sql,$(SQL_PARTS)) control/upgrade/1.0--1.1-post.sql control/src/comments.sql
 
 control/pg_regstage--$(EXTVERSION).sql: $(INSTALL_PARTS)

@@ -38,6 +38,8 @@ char	   *regstage_required_documents = NULL;
 char	   *regstage_pdf_documents = NULL;
 int			regstage_max_attempts = 5;
 int			regstage_retention_s = 7 * 86400;
+char	   *regstage_admin_chat_id = NULL;
+int			regstage_rejected_retention_s = 30 * 86400;
 char	   *regstage_upload_dir = NULL;
 char	   *regstage_test_inject = NULL;
 char	   *regstage_telegram_api_url = NULL;
@@ -107,6 +109,32 @@ check_required_documents(char **newval, void **extra, GucSource source)
 				return false;
 			}
 		}
+	}
+	return true;
+}
+
+/*
+ * regstage.admin_chat_id is a string because Telegram group ids
+ * (-100xxxxxxxxxx) do not fit an int GUC; it must still parse as a bigint,
+ * which the SQL side casts it to.
+ */
+static bool
+check_admin_chat_id(char **newval, void **extra, GucSource source)
+{
+	char	   *end;
+
+	if (*newval == NULL || **newval == '\0')
+	{
+		GUC_check_errdetail("Use 0 to send reviews to each admin's own chat.");
+		return false;
+	}
+	errno = 0;
+	(void) strtoll(*newval, &end, 10);
+	/* digits with an optional leading '-' only (strtoll alone takes spaces and '+') */
+	if (errno != 0 || *end != '\0' || !(**newval == '-' || (**newval >= '0' && **newval <= '9')))
+	{
+		GUC_check_errdetail("The admin chat id must be an integer such as -1001234567890 (or 0).");
+		return false;
 	}
 	return true;
 }
@@ -426,6 +454,16 @@ regstage_define_gucs(void)
 							"Age after which processed inbox rows and sent outbox rows are deleted.",
 							"Failed rows stay until someone handles them.",
 							&regstage_retention_s, 7 * 86400, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("regstage.admin_chat_id",
+							   "Telegram chat that gets the review of each new registration (0: each admin's own chat).",
+							   "A group id such as -1001234567890; the admins are the rows of regstage.admins.",
+							   &regstage_admin_chat_id, "0",
+							   PGC_SUSET, 0, check_admin_chat_id, NULL, NULL);
+	DefineCustomIntVariable("regstage.rejected_retention",
+							"Age after which the documents of REJECTED users are deleted by regstage.purge_rejected() (0: kept).",
+							"Counted from the rejection (users.reviewed_at).",
+							&regstage_rejected_retention_s, 30 * 86400, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.upload_dir",
 							   "Absolute directory where document files are stored.",

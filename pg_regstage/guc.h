@@ -24,6 +24,10 @@ extern char *regstage_pdf_documents;	/* read by the conversation (SQL) */
 extern int	regstage_max_attempts;
 extern int	regstage_retention_s;
 
+/* admin review (read by its SQL functions) */
+extern char *regstage_admin_chat_id;
+extern int	regstage_rejected_retention_s;
+
 /* upload store and Bot API */
 extern char *regstage_upload_dir;
 extern char *regstage_telegram_api_url;

@@ -4,8 +4,10 @@
 You are a Telegram user; what you type becomes an update the relay picks up
 from the stand-in, and the bot's replies are printed as they arrive.
 
-  text          send a message (your name, a phone number, /start, /cancel ...)
-  1, 2, ...     press the numbered button of the last keyboard
+  text          send a message (your name, a phone number, /start, /status, /cancel ...)
+  1, 2, ...     press the numbered button of the last keyboard (a number with
+                no such button is sent as text: 89161234567 is a phone number)
+  /admin        what waits for review (you are an admin in the offline demo)
   /contact      share your phone number (the contact button)
   /photo NAME   send a bundled sample image as a photo: passport or selfie
   /quit         leave the chat (the system keeps running; scripts/down.sh stops it)
@@ -71,13 +73,29 @@ class Chat:
 
     def render(self, call):
         p = call["params"]
-        if call["method"] == "answerCallbackQuery":
+        method = call["method"]
+        if method == "answerCallbackQuery":
+            if p.get("text"):
+                print("  bot: (%s)" % p["text"])
             return
-        if call["method"] != "sendMessage":
-            print("  bot: (%s)" % call["method"])
+        if method == "sendMediaGroup":
+            for m in p.get("media", []):
+                print("  bot: [%s %s] %s" % (m.get("type"), m.get("media"), m.get("caption", "")))
             return
-        print("  bot: " + p.get("text", ""))
+        if method in ("sendPhoto", "sendDocument"):
+            kind = "photo" if method == "sendPhoto" else "document"
+            print("  bot: [%s %s] %s" % (kind, p.get(kind), p.get("caption", "")))
+            return
+        if method not in ("sendMessage", "editMessageText", "editMessageReplyMarkup"):
+            print("  bot: (%s)" % method)
+            return
+        if method == "editMessageText":
+            print("  bot (edited): " + p.get("text", ""))
+        elif method == "sendMessage":
+            print("  bot: " + p.get("text", ""))
         rm = p.get("reply_markup") or {}
+        if method.startswith("edit") and not rm:
+            self.buttons = []      # an edited message without buttons: they are gone
         if "inline_keyboard" in rm or "keyboard" in rm:
             self.buttons = []
             for row in rm.get("inline_keyboard", []) + rm.get("keyboard", []):
@@ -104,7 +122,7 @@ class Chat:
             for c in new:
                 if str(c["params"].get("chat_id", USER_ID)) == str(USER_ID) or c["method"] == "answerCallbackQuery":
                     self.render(c)
-                    got = got or c["method"] == "sendMessage"
+                    got = got or c["method"] != "answerCallbackQuery" or bool(c["params"].get("text"))
             if got:
                 time.sleep(0.3)
                 calls = http("/_test/calls")
@@ -140,7 +158,7 @@ def main():
             continue
         if line == "/quit":
             break
-        if line.isdigit() and chat.buttons:
+        if line.isdigit() and 1 <= int(line) <= len(chat.buttons):
             chat.press(int(line))
         elif line == "/contact":
             chat.contact()

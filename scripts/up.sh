@@ -70,6 +70,11 @@ CREATE EXTENSION pg_regstage;
 CREATE ROLE regstage_relay LOGIN;
 SELECT regstage.grant_bot_access('regstage_relay');
 SQL
+if [ $OFFLINE -eq 1 ]; then
+	# the person at the terminal (scripts/chat.py) reviews registrations too: /admin
+	psql -qAtX -d regstage -v ON_ERROR_STOP=1 -c "INSERT INTO regstage.admins (telegram_id, name)
+		VALUES (${REGSTAGE_CHAT_USER:-100001}, 'Terminal admin') ON CONFLICT DO NOTHING" >/dev/null
+fi
 # the cleanup worker connects to "regstage", which exists now
 as_server_user "$PG_BIN/pg_ctl" -D "$L/pgdata" -w restart -m fast -l "$L/log/postgres.log" >/dev/null
 
@@ -93,6 +98,7 @@ cat <<MSG
 pg_regstage is up.
   psql:        . .local/env && psql          (database "regstage")
   rows:        SELECT * FROM regstage.pending_review;
+  review:      /admin in the chat (offline demo: you are an admin), or SELECT * FROM regstage.stats;
   uploads:     $L/uploads
   logs:        $L/log/postgres.log, $L/relay/relay.log
   stop:        bash scripts/down.sh

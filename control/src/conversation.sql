@@ -114,7 +114,10 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
 		regstage.ask(chat_id, lang, doc_type))
 $$;
 
--- Commit a complete registration in a subtransaction; the user hears the result.
+-- Commit a complete registration in a subtransaction; the user hears the
+-- result, the admins get the review (same calls, same transaction).  A
+-- REJECTED user registering again: the old row goes in the same
+-- subtransaction (its review history stays in review_log).
 CREATE OR REPLACE FUNCTION regstage.finish_registration(tid bigint, chat_id bigint, lang text, remove_keyboard boolean)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -123,17 +126,30 @@ DECLARE
 	message text;
 BEGIN
 	BEGIN
+		DELETE FROM regstage.users u WHERE u.telegram_id = tid AND u.status = 'REJECTED';
 		user_id := regstage.commit_registration(tid);
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
 		-- Redis down: raise, so the relay retries this update later
 		PERFORM regstage.staged(tid);
 		RAISE LOG 'pg_regstage: telegram_id %: registration failed (%): %', tid, state, message;
+		INSERT INTO regstage.registration_events (telegram_id, kind, sqlstate) VALUES (tid, 'failed', state);
 		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'registration_failed'),
 			CASE WHEN remove_keyboard THEN '{"remove_keyboard": true}'::jsonb END));
 	END;
+	INSERT INTO regstage.registration_events (telegram_id, kind) VALUES (tid, 'completed');
 	RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'registration_complete'),
-		CASE WHEN remove_keyboard THEN '{"remove_keyboard": true}'::jsonb END));
+		CASE WHEN remove_keyboard THEN '{"remove_keyboard": true}'::jsonb END))
+		|| regstage.review_notifications(user_id);
+END
+$$;
+
+-- The greeting for someone with nothing staged (a registration starts).
+CREATE OR REPLACE FUNCTION regstage.greet(tid bigint, chat_id bigint, lang text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM regstage.record_started(tid);
+	RETURN jsonb_build_array(regstage.ask(chat_id, lang, 'language'));
 END
 $$;
 
@@ -164,12 +180,15 @@ DECLARE
 	lang text;
 	missing text[];
 BEGIN
+	IF data LIKE 'rv:%' OR data LIKE 'adm:%' THEN
+		RETURN regstage.handle_admin_callback(cq);		-- review buttons, also in the admin group
+	END IF;
 	IF coalesce(cq->'message'->'chat'->>'type', 'private') <> 'private' THEN
 		RETURN jsonb_build_array(answer);
 	END IF;
-	SELECT status, language INTO reg FROM regstage.users WHERE telegram_id = tid;
-	IF FOUND THEN
-		RETURN jsonb_build_array(answer, regstage.send_message_call(chat_id, regstage.msg(reg.language, 'status:' || reg.status)));
+	SELECT id, status, language INTO reg FROM regstage.users WHERE telegram_id = tid;
+	IF FOUND AND reg.status <> 'REJECTED' THEN		-- a REJECTED user may register again
+		RETURN jsonb_build_array(answer, regstage.send_message_call(chat_id, regstage.status_text(reg.id)));
 	END IF;
 	staged := regstage.staged(tid);
 	lang := coalesce(staged->>'language', regstage.guess_language(cq->'from'->>'language_code'));
@@ -180,7 +199,7 @@ BEGIN
 		RETURN answer || regstage.after_staging(tid, chat_id, lang, regstage.missing(tid), NULL);
 	ELSIF data = 'restart' THEN
 		PERFORM regstage.clear_registration(tid);
-		RETURN jsonb_build_array(answer, regstage.ask(chat_id, lang, 'language'));
+		RETURN answer || regstage.greet(tid, chat_id, lang);
 	ELSIF data = 'continue' THEN
 		RETURN answer || regstage.after_staging(tid, chat_id, lang, regstage.missing(tid), NULL);
 	END IF;
@@ -205,7 +224,7 @@ DECLARE
 BEGIN
 	IF state IS NULL THEN
 		-- someone we have never seen: greet
-		RETURN jsonb_build_array(regstage.ask(chat_id, lang, 'language'));
+		RETURN regstage.greet(tid, chat_id, lang);
 	ELSIF step = 'language' THEN
 		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'expect_language'),
 													   regstage.language_keyboard()));
@@ -238,18 +257,40 @@ DECLARE
 	step text;
 	file_id text;
 	phone text;
+	registered boolean;
+	calls jsonb;
 BEGIN
-	SELECT status, language INTO reg FROM regstage.users WHERE telegram_id = tid;
-	IF FOUND THEN
-		IF command = '/start' THEN
+	IF regstage.is_admin(tid) THEN
+		calls := regstage.handle_admin_message(m);	-- /admin, or a reason an admin types
+		IF calls IS NOT NULL THEN
+			RETURN calls;
+		END IF;
+	END IF;
+	SELECT id, status, language INTO reg FROM regstage.users WHERE telegram_id = tid;
+	registered := FOUND;
+	IF registered AND (reg.status <> 'REJECTED' OR command = '/status') THEN
+		IF reg.status = 'PENDING' AND command <> '/status' AND EXISTS (SELECT 1 FROM regstage.document_requests r
+				WHERE r.user_id = reg.id AND r.received_at IS NULL) THEN
+			RETURN regstage.answer_document_request(tid, chat_id, reg.id, reg.language, m);
+		END IF;
+		IF command = '/start' AND NOT EXISTS (SELECT 1 FROM regstage.document_requests r WHERE r.user_id = reg.id) THEN
 			-- a crash between an earlier commit and its Redis DEL left staging behind
 			PERFORM regstage.clear_registration(tid);
 		END IF;
-		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(reg.language, 'status:' || reg.status)));
+		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.status_text(reg.id)));
 	END IF;
 
 	staged := regstage.staged(tid);
 	lang := coalesce(staged->>'language', regstage.guess_language(m->'from'->>'language_code'));
+
+	IF registered AND staged IS NULL AND command <> '/start' THEN
+		-- REJECTED: /start registers again; anything else hears the status
+		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.status_text(reg.id)));
+	END IF;
+	IF command = '/status' THEN
+		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang,
+			CASE WHEN staged IS NULL THEN 'status:none' ELSE 'status:in_progress' END)));
+	END IF;
 
 	IF text_in IS NOT NULL AND text_in NOT LIKE '/%' THEN
 		RETURN regstage.answer_text(tid, chat_id, text_in, m->'from');
@@ -265,7 +306,7 @@ BEGIN
 
 	IF staged IS NULL THEN
 		-- /start, or anything else from someone we have never seen: greet
-		RETURN jsonb_build_array(regstage.ask(chat_id, lang, 'language'));
+		RETURN regstage.greet(tid, chat_id, lang);
 	END IF;
 
 	IF command = '/start' THEN
@@ -340,6 +381,10 @@ BEGIN
 	   AND jsonb_typeof(update->'message'->'from'->'id') = 'number'
 	   AND (update->'message'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN
 		RETURN regstage.handle_message(update->'message');
+	ELSIF jsonb_typeof(update->'message') = 'object'
+	   AND update->'message'->'chat'->>'type' IN ('group', 'supergroup')
+	   AND update->'message'->'chat'->>'id' = current_setting('regstage.admin_chat_id') THEN
+		RETURN regstage.handle_admin_group_message(update->'message');
 	ELSIF jsonb_typeof(update->'callback_query') = 'object'
 	   AND jsonb_typeof(update->'callback_query'->'from'->'id') = 'number'
 	   AND (update->'callback_query'->'from'->>'id') ~ '^[1-9][0-9]{0,17}$' THEN

@@ -288,7 +288,7 @@ RETURNS TABLE (inbox_deleted bigint, outbox_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	cutoff timestamptz := now() - coalesce(older_than,
-		current_setting('regstage.retention')::integer * interval '1 second');
+		current_setting('regstage.retention')::interval);	-- shown with a unit: '7d'
 BEGIN
 	DELETE FROM regstage.inbox i WHERE i.status = 'done' AND i.processed_at < cutoff;
 	GET DIAGNOSTICS inbox_deleted = ROW_COUNT;

@@ -17,7 +17,10 @@ CREATE TABLE regstage.users (
 	language    text NOT NULL,
 	status      text NOT NULL DEFAULT 'PENDING'
 	            CHECK (status IN ('PENDING', 'APPROVED', 'REJECTED')),
-	created_at  timestamptz NOT NULL DEFAULT now()
+	created_at  timestamptz NOT NULL DEFAULT now(),
+	reviewed_by   bigint,		-- the admin's telegram_id; NULL: decided from SQL (or not yet)
+	reviewed_at   timestamptz,
+	reject_reason text
 );
 
 CREATE TABLE regstage.documents (

@@ -29,3 +29,7 @@ SELECT pg_catalog.setval('regstage.documents_id_seq', coalesce(max(id), 0) + 1, 
 ALTER TABLE regstage.documents ALTER COLUMN id SET DEFAULT nextval('regstage.documents_id_seq');
 SELECT pg_catalog.pg_extension_config_dump('regstage.users_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('regstage.documents_id_seq', '');
+
+-- Admin review: who decided, when, and why a registration was rejected.
+ALTER TABLE regstage.users ADD COLUMN reviewed_by bigint,
+	ADD COLUMN reviewed_at timestamptz, ADD COLUMN reject_reason text;
