@@ -870,6 +870,31 @@ scan_subdir(OrphanScan *st, Entry *e, int depth)
 	return true;
 }
 
+/*
+ * The run's figures in regstage.cleanup_runs (what regstage.stats shows as
+ * the cleanup's last run), in the run's transaction.  An install not yet
+ * updated to a release with that table records nothing.
+ */
+static void
+record_run(time_t started, CleanupStats *stats)
+{
+	Oid			types[4] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID};
+	Datum		values[4];
+
+	if (SPI_execute("SELECT 1 FROM pg_class WHERE relname = 'cleanup_runs'"
+					" AND relnamespace = 'regstage'::regnamespace", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up regstage.cleanup_runs");
+	if (SPI_processed == 0)
+		return;
+	values[0] = TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t) started));
+	values[1] = Int64GetDatum(stats->deleted);
+	values[2] = Int64GetDatum(stats->kept);
+	values[3] = Int64GetDatum(stats->errors);
+	if (SPI_execute_with_args("INSERT INTO regstage.cleanup_runs (started_at, deleted, kept, errors)"
+							  " VALUES ($1, $2, $3, $4)", 4, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the cleanup run in regstage.cleanup_runs");
+}
+
 void
 cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 {
@@ -946,6 +971,7 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	ereport(LOG,
 			(errmsg("pg_regstage cleanup: finished; deleted " INT64_FORMAT ", kept " INT64_FORMAT ", errors " INT64_FORMAT " (" INT64_FORMAT " referenced files)",
 					stats->deleted, stats->kept, stats->errors, stats->referenced)));
+	record_run(st->now, stats);
 	MemoryContextDelete(st->batch_cxt);
 	MemoryContextDelete(set_cxt);
 	if (st->unreferenced_plan)

@@ -100,6 +100,13 @@ run_purge(void)
 							INT64_FORMAT " sent outbox rows older than %d s",
 							inbox, outbox, regstage_retention_s)));
 	}
+	/* documents of rejected users kept no longer than regstage.rejected_retention */
+	if (SPI_execute("SELECT 1 FROM pg_proc WHERE proname = 'purge_rejected'"
+					" AND pronamespace = 'regstage'::regnamespace", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up regstage.purge_rejected");
+	if (SPI_processed > 0 &&
+		SPI_execute("SELECT regstage.purge_rejected()", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "regstage.purge_rejected() failed");
 }
 
 /* One job in its own transaction; errors are logged, not fatal. */

@@ -698,6 +698,8 @@ DECLARE
 	staged jsonb := regstage.staged(tid);
 	todo text[];
 	file_id text;
+	state text;
+	message text;
 BEGIN
 	SELECT * INTO req FROM regstage.document_requests r WHERE r.user_id = answer_document_request.user_id FOR UPDATE;
 	todo := ARRAY(SELECT t FROM unnest(req.doc_types) WITH ORDINALITY AS d(t, n)
@@ -724,12 +726,20 @@ BEGIN
 	UPDATE regstage.document_requests r SET received_at = now() WHERE r.user_id = answer_document_request.user_id;
 	INSERT INTO regstage.review_log (user_id, telegram_id, action, detail)
 	VALUES (user_id, tid, 'documents_received', array_to_string(req.doc_types, ','));
-	-- TODO(replace_documents): once the C function regstage.replace_documents(telegram_id)
-	-- exists, call it here (it swaps the staged files in, in this transaction)
-	-- and send review_notifications(user_id) to the admins again.  Until then
-	-- the staged documents wait in Redis (for regstage.ttl) and the user is
-	-- told they wait for review.
-	RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'documents_received')));
+	-- the new files replace the old ones in this transaction (a subtransaction:
+	-- a failed download keeps the staged documents and tells the user)
+	BEGIN
+		PERFORM regstage.replace_documents(tid);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+		IF regstage.is_outage(state) THEN
+			RAISE;
+		END IF;
+		RAISE LOG 'pg_regstage: telegram_id %: replacing documents failed (%): %', tid, state, message;
+		RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'registration_failed')));
+	END;
+	RETURN jsonb_build_array(regstage.send_message_call(chat_id, regstage.msg(lang, 'documents_received')))
+		|| regstage.review_notifications(user_id);
 END
 $$;
 

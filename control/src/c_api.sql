@@ -43,6 +43,12 @@ RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'regstage_normali
 -------------------------------------------------------------------------------
 -- SECURITY DEFINER: a bot role commits registrations without being able to
 -- read or write regstage.users / regstage.documents itself.
+-- The documents an admin asked a registered user for again, swapped in within
+-- the caller's transaction (old files go at commit, new ones on abort).
+CREATE OR REPLACE FUNCTION regstage.replace_documents(telegram_id bigint)
+RETURNS integer LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'regstage_replace_documents';
+
 CREATE OR REPLACE FUNCTION regstage.commit_registration(telegram_id bigint)
 RETURNS bigint LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'regstage_commit_registration';

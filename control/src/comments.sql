@@ -26,6 +26,7 @@ COMMENT ON FUNCTION regstage.clear_registration(bigint) IS 'deletes the staged k
 COMMENT ON FUNCTION regstage.normalize_phone(text) IS 'a phone number in E.164 (+ and up to 15 digits), or an error';
 
 -- Commit and files (C)
+COMMENT ON FUNCTION regstage.replace_documents(bigint) IS 'swaps in the documents an admin asked for again, in the caller''s transaction; returns how many';
 COMMENT ON FUNCTION regstage.commit_registration(bigint) IS 'downloads the staged documents and inserts the user and documents in the caller''s transaction; returns users.id';
 COMMENT ON FUNCTION regstage.cleanup_orphans(interval, interval) IS 'deletes files under upload_dir no documents row references (older than max_age) and partial downloads (older than tmp_max_age)';
 COMMENT ON FUNCTION regstage.document_file_exists(text) IS 'is there a regular file at this path relative to upload_dir (no escape outside it)';
