@@ -39,6 +39,8 @@ usage(FILE *out)
 			"  DATABASE_URL         libpq connection string or URI (default: libpq's defaults)\n"
 			"  RELAY_WORKERS        processors: connections running process_next (default 4)\n"
 			"  RELAY_SEND_CONCURRENCY  Bot API calls in flight at once (default 16)\n"
+			"  RELAY_SEND_TIMEOUT   seconds one Bot API call may take (default 30); a call\n"
+			"                       of a relay that died is sent again 5 s after that\n"
 			"  RELAY_POLL_TIMEOUT   getUpdates long-poll timeout in seconds (default 50)\n"
 			"  RELAY_WEBHOOK_LISTEN host:port: take Telegram's webhook POSTs there instead\n"
 			"                       of polling getUpdates (default: polling)\n"
@@ -87,6 +89,7 @@ load_config(void)
 		relay_config.database_url = "";
 	relay_config.workers = env_int("RELAY_WORKERS", 4, 1, 256);
 	relay_config.send_concurrency = env_int("RELAY_SEND_CONCURRENCY", 16, 1, 256);
+	relay_config.send_timeout_s = env_int("RELAY_SEND_TIMEOUT", 30, 1, 600);
 	relay_config.poll_timeout_s = env_int("RELAY_POLL_TIMEOUT", 50, 0, 600);
 	relay_config.webhook_listen = getenv("RELAY_WEBHOOK_LISTEN");
 	if (relay_config.webhook_listen && *relay_config.webhook_listen == '\0')

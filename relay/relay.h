@@ -28,6 +28,7 @@ typedef struct RelayConfig
 	const char *database_url;
 	int			workers;		/* processors: connections looping process_next */
 	int			send_concurrency;	/* Bot API calls in flight at once */
+	int			send_timeout_s; /* one Bot API call's timeout; its claim lasts 5 s longer */
 	int			poll_timeout_s; /* getUpdates long-poll timeout */
 	const char *webhook_listen; /* RELAY_WEBHOOK_LISTEN host:port, or NULL: long polling */
 	const char *webhook_secret; /* TELEGRAM_WEBHOOK_SECRET (webhook mode) */

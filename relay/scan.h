@@ -22,7 +22,7 @@ typedef void (*ScanElementFn) (void *arg, const char *elem, size_t len);
  * The elements of the top-level member "result" (an array) of the JSON
  * object in data.  Returns how many were found, or -1 when data is not an
  * object with a well-formed "result" array (elements found before the
- * malformed part have been passed to fn already).
+ * malformed part may have been passed to fn: the caller drops them).
  */
 int			scan_result_array(const char *data, size_t len, ScanElementFn fn, void *arg);
 

@@ -29,8 +29,7 @@
 
 #define IDLE_WAIT_MS 1000
 #define DRAIN_MAX_MS 10000		/* at stop, calls still due are sent this long */
-#define LEASE "2 minutes"		/* longer than a call's timeout */
-#define CALL_TIMEOUT_MS 30000
+#define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 
 typedef enum
 {
@@ -102,14 +101,16 @@ static int
 claim(PGconn *conn, CURLM *multi, int room)
 {
 	char		max[16];
-	const char *values[1] = {max};
+	char		lease[32];
+	const char *values[2] = {max, lease};
 	PGresult   *res;
 	int			n;
 	int			k = 0;
 
 	snprintf(max, sizeof(max), "%d", room);
-	res = PQexecParams(conn, "SELECT id, method, params::text FROM regstage.outbox_claim($1::integer, '" LEASE "')",
-					   1, NULL, values, NULL, NULL, 0);
+	snprintf(lease, sizeof(lease), "%d seconds", relay_config.send_timeout_s + LEASE_MARGIN_S);
+	res = PQexecParams(conn, "SELECT id, method, params::text FROM regstage.outbox_claim($1::integer, $2::interval)",
+					   2, NULL, values, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		char		msg[512];
@@ -148,7 +149,7 @@ claim(PGconn *conn, CURLM *multi, int room)
 			s->state = SLOT_REPORTING;
 			continue;
 		}
-		tg_prepare(s->tg, s->method, s->body, CALL_TIMEOUT_MS, false);
+		tg_prepare(s->tg, s->method, s->body, relay_config.send_timeout_s * 1000L, false);
 		curl_multi_add_handle(multi, tg_handle(s->tg));
 		s->state = SLOT_SENDING;
 	}

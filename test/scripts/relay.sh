@@ -43,7 +43,8 @@ regstage.key_prefix = 'relaysuite'
 regstage.telegram_api_url = 'http://127.0.0.1:$API_PORT'
 regstage.bot_token = '$TOKEN'
 regstage.upload_dir = '$W/uploads'
-regstage.download_timeout = '30s'
+regstage.download_timeout = '60s'
+regstage.max_attempts = 3
 regstage.cleanup_interval = 0
 "
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"
