@@ -156,8 +156,17 @@ receiver_run(void)
 		/* committed (or nothing storable): confirm the batch to Telegram */
 		if (b->any_id && b->max_id >= offset && b->max_id < INT64_MAX)
 			offset = b->max_id + 1;
-		else if (n > 0 && !b->any_id)
-			relay_log(LOG_ERROR, "getUpdates: a batch of %d updates without any update_id; the offset cannot pass it", n);
+		else if (n > 0 && !b->any_id && offset < INT64_MAX)
+		{
+			/*
+			 * Nothing in the batch says where it ends.  Its ids are at least
+			 * the offset (Telegram numbers updates in sequence): pass one,
+			 * so the poll never fetches the same batch in a loop.
+			 */
+			relay_log(LOG_ERROR, "getUpdates: a batch of %d updates without any update_id; offset moved to %lld",
+					  n, (long long) offset + 1);
+			offset++;
+		}
 		free(b);
 		tg_result_clear(&res);
 	}

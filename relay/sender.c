@@ -245,6 +245,20 @@ sender_main(void *arg)
 		if (draining && drain_until == 0)
 			drain_until = relay_now_ms() + DRAIN_MAX_MS;
 		/* a connection: for reports and claims; while it is down, transfers go on */
+		if (conn == NULL && atomic_load(&relay_stop) && count(SLOT_SENDING) == 0 && count(SLOT_REPORTING) == 0)
+		{
+			/*
+			 * Stopping with the database unreachable and nothing to report:
+			 * no new connection attempt (each may take connect_timeout); what
+			 * is still queued is sent by the next start.
+			 */
+			struct timespec ts = {0, 100 * 1000000L};
+
+			if (draining || fatal)
+				break;
+			nanosleep(&ts, NULL);
+			continue;
+		}
 		if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 		{
 			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)

@@ -67,7 +67,8 @@ def database_url(**extra):
 @case("unit tests", "test/relay/relay_unit.c under ASan + UBSan: token shape, redaction, backoff cap 30 s, "
       "an update refused (not a crash) when calloc fails")
 def _():
-    out = subprocess.run([os.path.join(env.dir, "bin", "relay_unit")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([os.path.join(env.dir, "bin", "relay_unit")], capture_output=True, text=True, errors="replace",
+                         timeout=60)
     fails = [l for l in out.stdout.splitlines() if l.startswith("FAIL")]
     assert out.returncode == 0 and not fails, "exit %d: %s %s" % (out.returncode, fails[:5], out.stderr[-1500:])
 
@@ -190,6 +191,13 @@ def _():
 def _():
     global relay
     relay.stop()
+    try:
+        sigkill_stages()
+    finally:
+        relay = Relay(env)
+
+
+def sigkill_stages():
     fast = {"RELAY_SEND_TIMEOUT": "2"}          # a dead relay's claim ends 7 s later
     twice = 0
     # (1) stored, not processed: processors lack process_next
@@ -224,7 +232,7 @@ def _():
     assert env.sql("SELECT status, attempts FROM regstage.outbox WHERE chat_id = 34003") == "sent|2"
     # (4) mid-stream
     tids = list(range(34100, 34150))
-    env.http("/_test/fault", {"method": "sendMessage", "delay_ms": 40, "times": 40})
+    env.http("/_test/fault", {"method": "sendMessage", "delay_ms": 500, "times": 50})
     ids = env.inject([callback(t, "lang:en") for t in tids])["update_ids"]
     wait_for(lambda: sum(1 for t in tids if replies_at(t)) >= 5, 10, "some replies")
     r.stop(signal.SIGKILL)
@@ -241,7 +249,6 @@ def _():
     twice += sum(counts) - 50
     print("    replies sent twice (a kill between Telegram's accept and the outbox report): %d" % twice)
     r.stop()
-    relay = Relay(env)
 
 
 def free_port():
