@@ -185,18 +185,6 @@ def _():
     wait_for(lambda: replies_at(33905), 10, "the next update after the poison")
 
 
-@case("SIGKILL at every stage", "the relay killed (1) after the inbox insert, before processing, (2) mid-processing "
-      "(a commit downloading), (3) mid-send (Telegram accepted, its answer held), (4) mid-stream of 50 chats: "
-      "nothing lost, nothing applied twice; a reply sent twice only for a kill between Telegram's accept and the report")
-def _():
-    global relay
-    relay.stop()
-    try:
-        sigkill_stages()
-    finally:
-        relay = Relay(env)
-
-
 def sigkill_stages():
     fast = {"RELAY_SEND_TIMEOUT": "2"}          # a dead relay's claim ends 7 s later
     twice = 0
@@ -249,6 +237,18 @@ def sigkill_stages():
     twice += sum(counts) - 50
     print("    replies sent twice (a kill between Telegram's accept and the outbox report): %d" % twice)
     r.stop()
+
+
+@case("SIGKILL at every stage", "the relay killed (1) after the inbox insert, before processing, (2) mid-processing "
+      "(a commit downloading), (3) mid-send (Telegram accepted, its answer held), (4) mid-stream of 50 chats: "
+      "nothing lost, nothing applied twice; a reply sent twice only for a kill between Telegram's accept and the report")
+def _():
+    global relay
+    relay.stop()
+    try:
+        sigkill_stages()
+    finally:
+        relay = Relay(env)
 
 
 def free_port():
