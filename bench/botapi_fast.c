@@ -13,7 +13,10 @@
  *   botapi_fast PORT TOKEN UPDATES CHATS FIRST_TID   (the relay benchmark)
  *
  * also serves UPDATES typed answers over getUpdates from CHATS chats, counts
- * sendMessage calls, and reports the count at GET /_bench/sent.
+ * sendMessage calls, and reports the count at GET /_bench/sent and the reply
+ * latency at GET /_bench/latency ("p50 p99" in ms: from the first time an
+ * update was served by getUpdates to its reply's sendMessage; the k-th reply
+ * of a chat answers that chat's k-th update).
  * One thread per keep-alive connection.
  */
 #include <arpa/inet.h>
@@ -26,6 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *token;
@@ -84,6 +88,66 @@ static long updates_total = 0;
 static long updates_chats = 1;
 static long long updates_first_tid = 0;
 static atomic_long messages_sent;
+static double *served_at;		/* per update_id: first served, seconds */
+static double *latency;			/* per update_id: its reply's latency, seconds */
+static atomic_long *replies;	/* per chat: replies so far */
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+record_reply(const char *body)
+{
+	const char *p = strstr(body, "\"chat_id\"");
+	long long	chat;
+	long		idx;
+	long		k;
+	long		id;
+
+	if (p == NULL || (p = strchr(p, ':')) == NULL || updates_total == 0)
+		return;
+	chat = strtoll(p + 1, NULL, 10);
+	idx = (long) (chat - updates_first_tid);
+	if (idx < 0 || idx >= updates_chats)
+		return;
+	k = atomic_fetch_add(&replies[idx], 1);
+	id = idx + 1 + k * updates_chats;
+	if (id <= updates_total && served_at[id] > 0)
+		latency[id] = now_s() - served_at[id];
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double		x = *(const double *) a, y = *(const double *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void
+latency_text(char *out, size_t outlen)
+{
+	double	   *v = malloc(sizeof(double) * (updates_total + 1));
+	long		n = 0;
+
+	for (long id = 1; v && id <= updates_total; id++)
+		if (latency[id] > 0)
+			v[n++] = latency[id];
+	if (n == 0)
+		snprintf(out, outlen, "0 0");
+	else
+	{
+		qsort(v, n, sizeof(double), cmp_double);
+		snprintf(out, outlen, "%.1f %.1f", v[n / 2] * 1000, v[(long) ((n - 1) * 0.99)] * 1000);
+	}
+	free(v);
+}
 
 static long
 json_number(const char *body, const char *key, long def)
@@ -115,6 +179,8 @@ serve_get_updates(int fd, const char *body)
 	{
 		long long	chat = updates_first_tid + (id - 1) % updates_chats;
 
+		if (served_at[id] == 0)
+			served_at[id] = now_s();
 		len += sprintf(out + len, "%s{\"update_id\":%ld,\"message\":{\"message_id\":%ld,\"date\":1,"
 					   "\"text\":\"Ivan Petrov\",\"from\":{\"id\":%lld,\"first_name\":\"B\"},"
 					   "\"chat\":{\"id\":%lld,\"type\":\"private\"}}}",
@@ -177,9 +243,17 @@ serve(void *arg)
 			const char *ok = "{\"ok\":true,\"result\":{\"message_id\":1,\"date\":1,\"chat\":{\"id\":1,\"type\":\"private\"}}}";
 
 			atomic_fetch_add(&messages_sent, 1);
+			record_reply(body);
 			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
 					 strlen(ok));
 			if (write_response(fd, hdr, ok, strlen(ok)))
+				goto done;
+		}
+		else if (strcmp(method, "GET") == 0 && strcmp(path, "/_bench/latency") == 0)
+		{
+			latency_text(json, sizeof(json));
+			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", strlen(json));
+			if (write_response(fd, hdr, json, strlen(json)))
 				goto done;
 		}
 		else if (strcmp(method, "GET") == 0 && strcmp(path, "/_bench/sent") == 0)
@@ -248,6 +322,9 @@ main(int argc, char **argv)
 		updates_total = atol(argv[3]);
 		updates_chats = atol(argv[4]) > 0 ? atol(argv[4]) : 1;
 		updates_first_tid = atoll(argv[5]);
+		served_at = calloc(updates_total + 1, sizeof(double));
+		latency = calloc(updates_total + 1, sizeof(double));
+		replies = calloc(updates_chats, sizeof(atomic_long));
 	}
 	content = malloc(CONTENT_MAX);
 	for (long i = 0; i < CONTENT_MAX; i++)

@@ -1,6 +1,10 @@
 # bench/relay_bench.sh — sourced by bench/run.sh: updates/s end to end
-# (stand-in getUpdates -> relay -> handle_update -> sendMessage at the
-# stand-in) for 1, 100 and 1,000 simulated chats, and the relay's peak RSS.
+# (stand-in getUpdates -> relay -> PostgreSQL -> sendMessage at the
+# stand-in), reply latency p50/p99 and the relay's peak RSS, for 1, 100 and
+# 1,000 simulated chats; each round twice, in the same run: "before", the
+# relay of commit dd080f4 (in-memory dispatcher calling handle_update, built
+# from `git show dd080f4:relay/...` in a temporary directory), and "after",
+# this tree's relay (inbox, process_next, outbox).
 #
 # The stand-in is bench/botapi_fast.c serving the updates itself (the Python
 # stand-in would take about a third of the two cores the relay and
@@ -8,13 +12,13 @@
 # handle_update's memory of seen update_ids is emptied between rounds.
 # Run the relay against API_URL until count_fn (a function printing how many
 # replies the stand-in has seen) reaches TOTAL; sets UPS, HWM_MB, ANON_MB.
-run_relay() {	# api_url total count_fn [VAR=value ...]
-	local api=$1 total=$2 count_fn=$3 t0 t1 pid
-	shift 3
+run_relay() {	# binary api_url total count_fn [VAR=value ...]
+	local bin=$1 api=$2 total=$3 count_fn=$4 t0 t1 pid
+	shift 4
 	t0=$(date +%s.%N)
 	env "$@" TELEGRAM_BOT_TOKEN="$TOKEN" TELEGRAM_API_URL="$api" RELAY_LOG_LEVEL=error RELAY_WORKERS=4 \
 		DATABASE_URL="host=$W/sock port=$PG_PORT dbname=postgres user=bench_relay" \
-		"$SRC/relay/regstage-relay" 2>>"$W/relay-bench.log" &
+		"$bin" 2>>"$W/relay-bench.log" &
 	pid=$!
 	while [ "$($count_fn)" -lt "$total" ]; do
 		sleep 0.05
@@ -29,20 +33,41 @@ run_relay() {	# api_url total count_fn [VAR=value ...]
 
 fast_sent() { curl -s "http://127.0.0.1:$RELAY_FAST_PORT/_bench/sent"; }
 
+# the relay of dd080f4, built in a temporary directory
+build_old_relay() {
+	local d=$W/old-relay f
+	rm -rf "$d"; mkdir -p "$d"
+	for f in $(git -C "$SRC" ls-tree --name-only dd080f4 relay/); do
+		git -C "$SRC" show "dd080f4:$f" >"$d/$(basename "$f")"
+	done
+	make -s -C "$d" >/dev/null
+	OLD_RELAY=$d/regstage-relay
+}
+
 bench_relay() {
-	local total=${BENCH_RELAY_UPDATES:-3000} port=$RELAY_FAST_PORT
-	printf '\n## relay end to end: %d text-step updates through getUpdates, handle_update and sendMessage\n\n' "$total"
-	printf '| chats | updates/s | relay peak RSS (VmHWM) | of which private (RssAnon) |\n|---|---|---|---|\n'
+	local total=${BENCH_RELAY_UPDATES:-3000} port=$RELAY_FAST_PORT variant bin lat ups_old
+	build_old_relay
+	printf '\n## relay end to end: %d text-step updates through getUpdates, PostgreSQL and sendMessage\n\n' "$total"
+	printf '| chats | relay | updates/s | reply p50 | reply p99 | relay peak RSS (VmHWM) | of which private (RssAnon) |\n|---|---|---|---|---|---|---|\n'
 	psql -qAtX -c "DO \$\$ BEGIN CREATE ROLE bench_relay LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$; SELECT regstage.grant_bot_access('bench_relay')" >/dev/null
 	for chats in 1 100 1000; do
-		psql -qAtX -c "TRUNCATE regstage.seen_updates" >/dev/null
-		psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null
-		"$W/bin/botapi_fast" "$port" "$TOKEN" "$total" "$chats" 5000001 & echo $! >"$W/fast-relay.pid"
-		sleep 0.3
-		run_relay "http://127.0.0.1:$port" "$total" fast_sent
-		stop_pidfile "$W/fast-relay.pid"
-		printf '| %d | %s | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
-		RATIO+=("relay, $chats chats: $UPS updates/s (target >= 1000), RSS $HWM_MB MB (target <= 10 MB; $ANON_MB MB private, the rest shared library pages)")
+		for variant in before after; do
+			bin=$SRC/relay/regstage-relay
+			[ $variant = before ] && bin=$OLD_RELAY
+			psql -qAtX -c "TRUNCATE regstage.seen_updates, regstage.inbox, regstage.outbox" >/dev/null
+			psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null
+			"$W/bin/botapi_fast" "$port" "$TOKEN" "$total" "$chats" 5000001 & echo $! >"$W/fast-relay.pid"
+			sleep 0.3
+			run_relay "$bin" "http://127.0.0.1:$port" "$total" fast_sent
+			lat=$(curl -s "http://127.0.0.1:$port/_bench/latency")
+			stop_pidfile "$W/fast-relay.pid"
+			printf '| %d | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$chats" "$variant" "$UPS" ${lat% *} ${lat#* } "$HWM_MB" "$ANON_MB"
+			if [ $variant = before ]; then
+				ups_old=$UPS
+			else
+				RATIO+=("relay, $chats chats: $UPS updates/s vs $ups_old before ($(python3 -c "print('%.2f' % ($UPS / $ups_old))")x, target >= 0.8x), reply p50/p99 ${lat% *}/${lat#* } ms, RSS $HWM_MB MB (target <= 10 MB; $ANON_MB MB private)")
+			fi
+		done
 	done
 	bench_relay_https "$total"
 }
@@ -70,9 +95,10 @@ PY
 		curl -s --cacert "$W/tls-cert.pem" "https://127.0.0.1:$RELAY_TLS_PORT/_test/calls" |
 			python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
 	}
-	run_relay "https://127.0.0.1:$port" "$total" tls_calls RELAY_CA_FILE="$W/tls-cert.pem"
+	psql -qAtX -c "TRUNCATE regstage.inbox, regstage.outbox" >/dev/null
+	run_relay "$SRC/relay/regstage-relay" "https://127.0.0.1:$port" "$total" tls_calls RELAY_CA_FILE="$W/tls-cert.pem"
 	stop_pidfile "$W/tls/standin/standin.pid"
-	printf '| %d, over https (Python stand-in) | %s | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
+	printf '| %d, over https (Python stand-in) | after | %s | | | %s MB | %s MB |\n' "$chats" "$UPS" "$HWM_MB" "$ANON_MB"
 	RATIO+=("relay over https, $chats chats: RSS $HWM_MB MB (TLS in use; the throughput is the Python stand-in's)")
 }
 bench_relay

@@ -198,3 +198,31 @@ relay_sleep_ms(long ms)
 	}
 	return !atomic_load(&relay_stop);
 }
+
+long
+relay_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
+}
+
+void
+relay_printable(const char *src, size_t len, char *dst, size_t dstsize)
+{
+	size_t		out = 0;
+
+	if (dstsize == 0)
+		return;
+	for (size_t i = 0; i < len && out + 5 < dstsize; i++)
+	{
+		unsigned char c = (unsigned char) src[i];
+
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			dst[out++] = (char) c;
+		else
+			out += snprintf(dst + out, dstsize - out, "\\x%02x", c);
+	}
+	dst[out] = '\0';
+}

@@ -1,9 +1,11 @@
 /*
- * main.c — regstage-relay: configuration, signals and the getUpdates loop.
+ * main.c — regstage-relay: configuration, signals, the parts.
  *
- * Long-polls getUpdates and hands each update to the dispatcher, which runs
- * it through regstage.handle_update() and performs the Bot API calls it
- * returns.  The offset only moves past committed updates.
+ * A receiver (long polling, or the webhook server) stores raw updates in
+ * the inbox; processors apply them with regstage.process_next(), which
+ * writes their Bot API calls to the outbox in the same transaction; the
+ * sender delivers the outbox.  Each part has its own connection; the
+ * database holds every update and every reply, so a crash loses neither.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -15,21 +17,19 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dispatch.h"
 #include "relay.h"
 #include "telegram.h"
-
-#define STUCK_POLL_MS 50
 
 RelayConfig relay_config;
 atomic_bool relay_stop = false;
 atomic_bool relay_fatal = false;
+atomic_bool relay_drain = false;
 
 static void
 usage(FILE *out)
 {
 	fprintf(out,
-			"regstage-relay " RELAY_VERSION " — forwards Telegram updates to regstage.handle_update()\n"
+			"regstage-relay " RELAY_VERSION " — Telegram <-> pg_regstage's inbox and outbox\n"
 			"\n"
 			"Usage: regstage-relay [--help] [--version]\n"
 			"\n"
@@ -37,16 +37,24 @@ usage(FILE *out)
 			"  TELEGRAM_BOT_TOKEN   bot token, <digits>:<35 characters> (required; never logged)\n"
 			"  TELEGRAM_API_URL     Bot API base URL (default https://api.telegram.org)\n"
 			"  DATABASE_URL         libpq connection string or URI (default: libpq's defaults)\n"
-			"  RELAY_WORKERS        database connections / parallel chats (default 4)\n"
-			"  RELAY_MAX_ATTEMPTS   handle_update errors before an update is skipped (default 5)\n"
+			"  RELAY_WORKERS        processors: connections running process_next (default 4)\n"
+			"  RELAY_SEND_CONCURRENCY  Bot API calls in flight at once (default 16)\n"
+			"  RELAY_SEND_TIMEOUT   seconds one Bot API call may take (default 30); a call\n"
+			"                       of a relay that died is sent again 5 s after that\n"
 			"  RELAY_POLL_TIMEOUT   getUpdates long-poll timeout in seconds (default 50)\n"
+			"  RELAY_WEBHOOK_LISTEN host:port: take Telegram's webhook POSTs there instead\n"
+			"                       of polling getUpdates (default: polling)\n"
+			"  TELEGRAM_WEBHOOK_SECRET  the secret_token given to setWebhook (required in\n"
+			"                       webhook mode; 1-256 characters A-Z a-z 0-9 _ -)\n"
+			"  RELAY_MAX_ATTEMPTS   ignored: the database's regstage.max_attempts decides\n"
 			"  RELAY_LOG_LEVEL      error, info (default) or debug\n"
 			"  RELAY_CA_FILE        CA certificates (PEM) that verify the Bot API's TLS\n"
 			"                       certificate (default: the system's CA directory)\n"
 			"\n"
-			"Updates of one chat are handled in order; chats run in parallel.  The\n"
-			"offset only passes updates whose handle_update committed, so a crash\n"
-			"loses nothing; SIGTERM/SIGINT finish in-flight updates and exit 0.\n");
+			"Updates are stored in regstage.inbox before Telegram is told they arrived;\n"
+			"processors apply them in order per chat, any number in parallel; replies\n"
+			"leave from regstage.outbox.  A crash loses nothing.  SIGTERM/SIGINT: stop\n"
+			"receiving, finish the updates and sends in flight, exit 0.\n");
 }
 
 static int
@@ -80,8 +88,13 @@ load_config(void)
 	if (relay_config.database_url == NULL)
 		relay_config.database_url = "";
 	relay_config.workers = env_int("RELAY_WORKERS", 4, 1, 256);
-	relay_config.max_attempts = env_int("RELAY_MAX_ATTEMPTS", 5, 1, 1000);
+	relay_config.send_concurrency = env_int("RELAY_SEND_CONCURRENCY", 16, 1, 256);
+	relay_config.send_timeout_s = env_int("RELAY_SEND_TIMEOUT", 30, 1, 600);
 	relay_config.poll_timeout_s = env_int("RELAY_POLL_TIMEOUT", 50, 0, 600);
+	relay_config.webhook_listen = getenv("RELAY_WEBHOOK_LISTEN");
+	if (relay_config.webhook_listen && *relay_config.webhook_listen == '\0')
+		relay_config.webhook_listen = NULL;
+	relay_config.webhook_secret = getenv("TELEGRAM_WEBHOOK_SECRET");
 	relay_config.log_level = LOG_INFO;
 	if (level && strcmp(level, "error") == 0)
 		relay_config.log_level = LOG_ERROR;
@@ -99,6 +112,20 @@ load_config(void)
 	{
 		fprintf(stderr, "regstage-relay: TELEGRAM_API_URL must start with http:// or https://\n");
 		exit(2);
+	}
+	if (relay_config.webhook_listen)
+	{
+		const char *sec = relay_config.webhook_secret;
+		size_t		n = sec ? strlen(sec) : 0;
+
+		/* Telegram's own rule for secret_token; the value is never printed */
+		if (n == 0 || n > 256 || strspn(sec, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != n)
+		{
+			fprintf(stderr, "regstage-relay: webhook mode (RELAY_WEBHOOK_LISTEN) needs TELEGRAM_WEBHOOK_SECRET, "
+					"1-256 characters of A-Z a-z 0-9 _ -, the secret_token given to setWebhook (it is %s)\n",
+					n == 0 ? "not set" : "not of that shape");
+			exit(2);
+		}
 	}
 	relay_config.ca_file = getenv("RELAY_CA_FILE");
 	if (relay_config.ca_file && *relay_config.ca_file == '\0')
@@ -142,69 +169,6 @@ on_signal(int sig)
 	atomic_store(&relay_stop, true);
 }
 
-static long
-backoff_ms(int failures)
-{
-	return relay_backoff_ms(500, failures);
-}
-
-/* One getUpdates round: queue what is new.  Returns false on a failed call. */
-static bool
-poll_once(TgClient *tg, int *new_updates, int *failures)
-{
-	char		body[256];
-	int			timeout = dispatch_inflight() > 0 ? 0 : relay_config.poll_timeout_s;
-	TgResult	res;
-	json_t	   *result;
-	size_t		i;
-	json_t	   *u;
-
-	snprintf(body, sizeof(body),
-			 "{\"offset\": %lld, \"timeout\": %d, \"limit\": 50, "
-			 "\"allowed_updates\": [\"message\", \"callback_query\"]}",
-			 (long long) dispatch_offset(), timeout);
-	tg_call(tg, "getUpdates", body, (timeout + 15) * 1000L, true, &res);
-	*new_updates = 0;
-	if (relay_stop)
-	{
-		tg_result_clear(&res);
-		return true;
-	}
-	result = res.body ? json_object_get(res.body, "result") : NULL;
-	if (res.http_status == 200 && json_is_array(result))
-	{
-		json_array_foreach(result, i, u)
-		{
-			if (json_is_object(u) && dispatch_submit(u))
-				(*new_updates)++;
-		}
-		*failures = 0;
-		tg_result_clear(&res);
-		return true;
-	}
-	if (res.http_status == 401 || res.http_status == 404)
-	{
-		relay_log(LOG_ERROR, "the Bot API refused the token (%ld %s); check TELEGRAM_BOT_TOKEN",
-				  res.http_status, res.error);
-		relay_request_stop(true);
-	}
-	else if (res.http_status == 429)
-	{
-		int			wait_s = res.retry_after > 0 ? res.retry_after : 1;
-
-		relay_log(LOG_ERROR, "getUpdates rate limited, retrying after %d s", wait_s);
-		relay_sleep_ms(wait_s * 1000L);
-	}
-	else
-	{
-		relay_log(LOG_ERROR, "getUpdates failed (%ld %s), retrying in %ld ms",
-				  res.http_status, res.error[0] ? res.error : "no answer", backoff_ms(*failures));
-		relay_sleep_ms(backoff_ms((*failures)++));
-	}
-	tg_result_clear(&res);
-	return false;
-}
-
 /*
  * The relay is meant to stay under 10 MB resident, most of which are pages
  * of shared libraries that OpenSSL's default initialisation touches.  Before
@@ -246,8 +210,7 @@ int
 main(int argc, char **argv)
 {
 	struct sigaction sa;
-	TgClient   *tg;
-	int			failures = 0;
+	int			rc = 0;
 
 	for (int i = 1; i < argc; i++)
 	{
@@ -275,41 +238,33 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	limit_memory();
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (tg = tg_client_new()) == NULL)
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 	{
 		fprintf(stderr, "regstage-relay: could not initialise libcurl\n");
 		return 1;
 	}
 	choose_ca_path();
-	if (!dispatch_start(relay_config.workers))
+	if (getenv("RELAY_MAX_ATTEMPTS"))
+		relay_log(LOG_INFO, "RELAY_MAX_ATTEMPTS is ignored: the database's regstage.max_attempts decides");
+	if (!processors_start(relay_config.workers) || !sender_start())
 	{
-		fprintf(stderr, "regstage-relay: could not start worker threads\n");
+		fprintf(stderr, "regstage-relay: could not start threads\n");
 		return 1;
 	}
-	relay_log(LOG_INFO, "started: %d workers, Bot API %s", relay_config.workers, relay_config.api_url);
+	relay_log(LOG_INFO, "started: %d processors, %s, Bot API %s", relay_config.workers,
+			  relay_config.webhook_listen ? "webhook mode" : "long polling", relay_config.api_url);
 
-	while (!relay_stop)
-	{
-		int			new_updates;
+	if (relay_config.webhook_listen)
+		rc = webhook_run();
+	else
+		receiver_run();
 
-		/* back-pressure: wait for room */
-		while (!relay_stop && dispatch_inflight() >= DISPATCH_MAX_INFLIGHT)
-			dispatch_wait_progress(100);
-		if (!poll_once(tg, &new_updates, &failures) || relay_stop)
-			continue;
-		/*
-		 * getUpdates answers at once while unconfirmed updates are in flight;
-		 * when it brought nothing new, wait briefly for progress instead of
-		 * spinning (still short enough to see another chat's update quickly).
-		 */
-		if (new_updates == 0 && dispatch_inflight() > 0)
-			dispatch_wait_progress(STUCK_POLL_MS);
-	}
-
-	relay_log(LOG_INFO, "stopping: finishing in-flight updates");
-	dispatch_shutdown();
-	tg_client_free(tg);
+	/* receiving stopped: let the processors finish, then the sender drain */
+	relay_log(LOG_INFO, "stopping: finishing the updates and sends in flight");
+	processors_join();
+	atomic_store(&relay_drain, true);
+	sender_join();
 	curl_global_cleanup();
 	relay_log(LOG_INFO, "stopped");
-	return relay_fatal ? 1 : 0;
+	return relay_fatal || rc ? 1 : 0;
 }

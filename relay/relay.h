@@ -1,10 +1,15 @@
 /*
- * relay.h — regstage-relay: Telegram long polling <-> regstage.handle_update().
+ * relay.h — regstage-relay: Telegram <-> the inbox and outbox in PostgreSQL.
  *
- * main.c      configuration, signals, the getUpdates loop
- * telegram.c  HTTP calls to the Bot API (token never logged)
- * dispatch.c  per-chat ordering, worker connections, the offset watermark
- * log.c       stderr logging with levels
+ * main.c       configuration, signals, starting and stopping the parts
+ * receiver.c   getUpdates -> regstage.store_updates() (long polling)
+ * webhook.c    Telegram's webhook POSTs -> regstage.store_updates()
+ * processor.c  threads looping regstage.process_next()
+ * sender.c     regstage.outbox_claim() -> the Bot API -> outbox_report()
+ * scan.c       getUpdates' result array split without decoding the JSON
+ * db.c         connections, LISTEN, binary parameters
+ * telegram.c   HTTP calls to the Bot API (token never logged)
+ * log.c        stderr logging with levels
  */
 #ifndef REGSTAGE_RELAY_H
 #define REGSTAGE_RELAY_H
@@ -14,16 +19,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RELAY_VERSION "1.0"
+#define RELAY_VERSION "1.1"
 
 typedef struct RelayConfig
 {
 	const char *token;
 	const char *api_url;
 	const char *database_url;
-	int			workers;		/* database connections */
-	int			max_attempts;	/* handle_update errors before an update is skipped */
+	int			workers;		/* processors: connections looping process_next */
+	int			send_concurrency;	/* Bot API calls in flight at once */
+	int			send_timeout_s; /* one Bot API call's timeout; its claim lasts 5 s longer */
 	int			poll_timeout_s; /* getUpdates long-poll timeout */
+	const char *webhook_listen; /* RELAY_WEBHOOK_LISTEN host:port, or NULL: long polling */
+	const char *webhook_secret; /* TELEGRAM_WEBHOOK_SECRET (webhook mode) */
 	int			log_level;		/* 0 error, 1 info, 2 debug */
 	const char *ca_file;		/* RELAY_CA_FILE: the CAs for the Bot API, or NULL */
 	const char *ca_path;		/* else the system's hashed CA directory, or NULL */
@@ -37,6 +45,7 @@ extern RelayConfig relay_config;
  */
 extern atomic_bool relay_stop;	/* SIGTERM/SIGINT seen, or a fatal error */
 extern atomic_bool relay_fatal; /* e.g. 401: exit non-zero */
+extern atomic_bool relay_drain; /* receivers and processors are done: the sender drains */
 
 /* Stop the relay; fatal: and exit 1. */
 void		relay_request_stop(bool fatal);
@@ -68,5 +77,23 @@ long		relay_backoff_ms(long first_ms, int failures);
 
 /* sleep up to ms, returning early when stop is requested; false if stopped */
 bool		relay_sleep_ms(long ms);
+
+/* CLOCK_MONOTONIC in milliseconds */
+long		relay_now_ms(void);
+
+/* the parts, each on its own thread and connection */
+void		receiver_run(void);		/* until stop; long polling */
+int			webhook_run(void);		/* until stop; 0, or 1 if it could not listen */
+bool		processors_start(int n);
+void		processors_join(void);
+bool		sender_start(void);
+void		sender_join(void);
+
+/*
+ * Each log line is printed with relay_log, which redacts it; an update's
+ * bytes (which may hold anything) pass through this first: at most max
+ * bytes, non-printable ones as \xNN.
+ */
+void		relay_printable(const char *src, size_t len, char *dst, size_t dstsize);
 
 #endif

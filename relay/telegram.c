@@ -1,11 +1,13 @@
 /*
  * telegram.c — HTTP calls to the Bot API with libcurl.
  *
- * One CURL easy handle per thread, reused for keep-alive.  The URL holds
+ * One CURL easy handle per client, reused for keep-alive: the receiver has
+ * one, the sender one per call it has in flight (in a multi handle).  The URL holds
  * the token, so it is never logged; curl's error texts are redacted.
  */
 #include <curl/curl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,13 +118,10 @@ tg_parse_body(const char *data, size_t len, char *err, size_t errlen)
 }
 
 void
-tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
-		bool abort_on_stop, TgResult *res)
+tg_prepare(TgClient *c, const char *method, const char *json_body, long timeout_ms, bool abort_on_stop)
 {
 	char		url[2048];
-	CURLcode	rc;
 
-	memset(res, 0, sizeof(*res));
 	snprintf(url, sizeof(url), "%s/bot%s/%s", relay_config.api_url, relay_config.token, method);
 	c->len = 0;
 	if (c->buf)
@@ -131,7 +130,9 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 	c->abort_on_stop = abort_on_stop;
 
 	curl_easy_reset(c->curl);
-	curl_easy_setopt(c->curl, CURLOPT_URL, url);
+	curl_easy_setopt(c->curl, CURLOPT_URL, url);	/* copied by libcurl */
+	memset(url, 0, sizeof(url));
+	curl_easy_setopt(c->curl, CURLOPT_PRIVATE, c);
 	curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "regstage-relay/" RELAY_VERSION);
@@ -156,16 +157,40 @@ tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
 	curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, progress_cb);
 	curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+}
 
-	rc = curl_easy_perform(c->curl);
-	memset(url, 0, sizeof(url));
+CURL *
+tg_handle(TgClient *c)
+{
+	return c->curl;
+}
+
+/*
+ * A 2xx body is not decoded here: a getUpdates answer goes to the tolerant
+ * scanner (scan.c), and a sent call needs only its status.
+ */
+void
+tg_finish(TgClient *c, CURLcode rc, TgResult *res)
+{
+	memset(res, 0, sizeof(*res));
 	if (rc != CURLE_OK)
 	{
 		relay_redact(c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc), res->error, sizeof(res->error));
 		return;
 	}
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
-	tg_result_from_body(res, c->buf ? c->buf : "", c->len);
+	res->raw = c->buf ? c->buf : "";
+	res->raw_len = c->len;
+	if (res->http_status < 200 || res->http_status > 299)
+		tg_result_from_body(res, res->raw, res->raw_len);
+}
+
+void
+tg_call(TgClient *c, const char *method, const char *json_body, long timeout_ms,
+		bool abort_on_stop, TgResult *res)
+{
+	tg_prepare(c, method, json_body, timeout_ms, abort_on_stop);
+	tg_finish(c, curl_easy_perform(c->curl), res);
 }
 
 /* Fill body, description and retry_after of a result from a response body. */

@@ -5,7 +5,9 @@
 #define REGSTAGE_RELAY_TELEGRAM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 typedef struct TgClient TgClient;
@@ -14,7 +16,9 @@ typedef struct TgClient TgClient;
 typedef struct TgResult
 {
 	long		http_status;	/* 0: no HTTP answer (network error) */
-	json_t	   *body;			/* parsed JSON body, or NULL */
+	json_t	   *body;			/* parsed JSON body of a non-2xx answer, or NULL */
+	const char *raw;			/* the body as received (the client's buffer, valid until its next call) */
+	size_t		raw_len;
 	int			retry_after;	/* parameters.retry_after of a 429, else 0 */
 	char		error[512];		/* network error or description, redacted */
 } TgResult;
@@ -23,9 +27,18 @@ TgClient   *tg_client_new(void);
 void		tg_client_free(TgClient *c);
 
 /*
- * POST <api>/bot<token>/<method> with a JSON body.  abort_on_stop: give up
- * as soon as SIGTERM arrives (used by the long poll).
+ * Set the client's easy handle up for POST <api>/bot<token>/<method> with a
+ * JSON body (not copied: it must live until the call is over).
+ * abort_on_stop: give up as soon as SIGTERM arrives (the long poll).
  */
+void		tg_prepare(TgClient *c, const char *method, const char *json_body,
+					   long timeout_ms, bool abort_on_stop);
+/* The easy handle, for a multi handle. */
+CURL	   *tg_handle(TgClient *c);
+/* Fill res from the finished transfer (rc: its result). */
+void		tg_finish(TgClient *c, CURLcode rc, TgResult *res);
+
+/* tg_prepare + a blocking perform + tg_finish */
 void		tg_call(TgClient *c, const char *method, const char *json_body,
 					long timeout_ms, bool abort_on_stop, TgResult *res);
 void		tg_result_clear(TgResult *res);

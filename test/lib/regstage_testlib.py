@@ -216,7 +216,7 @@ class Relay:
         e = dict(os.environ, TELEGRAM_BOT_TOKEN=token or env.token, TELEGRAM_API_URL=env.api,
                  DATABASE_URL="host=%s port=%s dbname=postgres user=%s application_name=regstage-relay"
                  % (env.sock, env.pg_port, db_user),
-                 RELAY_WORKERS=str(workers), RELAY_POLL_TIMEOUT="5", RELAY_MAX_ATTEMPTS="3")
+                 RELAY_WORKERS=str(workers), RELAY_POLL_TIMEOUT="5")
         e.update(extra_env or {})
         self.log = open(log or env.relay_log, "a")
         self.p = subprocess.Popen([bin or env.relay_bin], env=e, stdout=self.log, stderr=self.log)

@@ -21,7 +21,8 @@ fuzz_phone        | pg_regstage/inputcheck.c                      |
 fuzz_full_name    | pg_regstage/inputcheck.c                      |
 fuzz_ids          | pg_regstage/inputcheck.c                      |
 fuzz_tgfile       | pg_regstage/tgfile.c                          |
-fuzz_relay_parse  | relay/telegram.c relay/dispatch.c relay/log.c | -lcurl -ljansson -lpq -lpthread
+fuzz_relay_parse  | relay/telegram.c relay/log.c                   | -lcurl -ljansson -lpthread
+fuzz_relay_scan   | relay/scan.c relay/log.c                       | -ljansson -lpthread
 fuzz_relay_redact | relay/log.c                                   | -lpthread
 '
 SECONDS_EACH=${REGSTAGE_FUZZ_SECONDS:-15}

@@ -24,11 +24,11 @@ rm -rf "$W"; mkdir -p "$W/bin"; chmod 0755 "$W"
 TOKEN=$(new_token)
 server_owned_dir 0750 "$W/uploads"
 
-# the relay's unit tests (redaction, token shape, backoff, dispatch without
-# memory), under ASan + UBSan; calloc is wrapped to fail on demand
+# the relay's unit tests (redaction, token shape, backoff, the getUpdates
+# scanner), under ASan + UBSan
 R=$SRC/relay
 clang -g -O1 -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all -I"$R" -I"$($PG_CONFIG --includedir)" \
-	-Wl,--wrap=calloc "$SRC/test/relay/relay_unit.c" "$R/dispatch.c" "$R/log.c" "$R/telegram.c" \
+	"$SRC/test/relay/relay_unit.c" "$R/scan.c" "$R/log.c" \
 	-L"$($PG_CONFIG --libdir)" -lpq -lcurl -ljansson -lpthread -o "$W/bin/relay_unit"
 # the relay under ThreadSanitizer: the flags shared by threads and signal handler
 clang -g -O1 -std=gnu11 -fsanitize=thread -I"$R" -I"$($PG_CONFIG --includedir)" "$R"/*.c \
@@ -43,7 +43,8 @@ regstage.key_prefix = 'relaysuite'
 regstage.telegram_api_url = 'http://127.0.0.1:$API_PORT'
 regstage.bot_token = '$TOKEN'
 regstage.upload_dir = '$W/uploads'
-regstage.download_timeout = '30s'
+regstage.download_timeout = '60s'
+regstage.max_attempts = 3
 regstage.cleanup_interval = 0
 "
 start_standin "$W" $API_PORT "$TOKEN" "$SRC"

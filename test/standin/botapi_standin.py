@@ -16,6 +16,10 @@ Test control (no token):
   POST /_test/fault      {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1}
                          or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal;
                          "jitter": true makes each delay a random part of delay_ms)
+                         "chat_id": N limits a fault to calls for that chat; "hold_ms": N records
+                         the call (Telegram accepted it) and only then waits N ms before answering
+  POST /_test/raw_updates  [{"update_id": N or null, "raw_b64": "..."}]: queued as is, bytes spliced
+                         into getUpdates' result array (undecodable updates; update_id null: none)
 
 Every error answer names the request's URL, token included, as proxies and
 some servers do: ok=false descriptions end with "(POST /bot<token>/getFile)",
@@ -106,6 +110,7 @@ class State:
         self.counters = {}
         self.faults = []
         self.message_id = 1
+        self.getupdates = 0        # getUpdates requests answered
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -191,7 +196,24 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_test/reset":
             with st.lock:
                 st.calls.clear(); st.updates.clear(); st.counters.clear(); st.faults.clear()
+                st.getupdates = 0
             return self.send_json(200, {"ok": True})
+        if self.path == "/_test/raw_updates" and method == "POST":
+            import base64
+            with st.lock:
+                ids = []
+                for r in self.read_body():
+                    uid = r.get("update_id")
+                    if uid is None:
+                        uid = st.next_update_id
+                    st.next_update_id = max(st.next_update_id, uid) + 1
+                    st.updates.append({"update_id": uid, "__raw__": base64.b64decode(r["raw_b64"])})
+                    ids.append(uid)
+                st.lock.notify_all()
+            return self.send_json(200, {"ok": True, "update_ids": ids, "at": time.time()})
+        if self.path == "/_test/stats":
+            with st.lock:
+                return self.send_json(200, {"getupdates": st.getupdates, "pending": len(st.updates)})
         if self.path == "/_test/fault" and method == "POST":
             with st.lock:
                 st.faults.append(self.read_body())
@@ -225,9 +247,14 @@ class Handler(BaseHTTPRequestHandler):
         if method == "getUpdates":
             return self.get_updates(body)
         delay = 0.0
+        hold = 0.0
+
+        def applies(f):
+            return f.get("method") == method and f.get("times", 1) > 0 and \
+                ("chat_id" not in f or str(f["chat_id"]) == str(body.get("chat_id")))
         with st.lock:
             for f in st.faults:
-                if f.get("method") == method and f.get("times", 1) > 0 and "delay_ms" in f:
+                if applies(f) and "delay_ms" in f:
                     f["times"] = f.get("times", 1) - 1
                     delay = f["delay_ms"] / 1000.0
                     if f.get("jitter"):
@@ -236,7 +263,12 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
         with st.lock:
             for f in st.faults:
-                if f.get("method") == method and f.get("times", 1) > 0 and "delay_ms" not in f:
+                if applies(f) and "hold_ms" in f:
+                    f["times"] = f.get("times", 1) - 1
+                    hold = f["hold_ms"] / 1000.0
+                    break
+            for f in ([] if hold else st.faults):
+                if applies(f) and "delay_ms" not in f and "hold_ms" not in f:
                     f["times"] = f.get("times", 1) - 1
                     status = f.get("status", 500)
                     params = {"retry_after": f["retry_after"]} if "retry_after" in f else {}
@@ -246,7 +278,12 @@ class Handler(BaseHTTPRequestHandler):
             mid = st.message_id
         result = True if method.startswith("answer") or method.startswith("delete") else \
             {"message_id": mid, "date": int(time.time()), "chat": {"id": body.get("chat_id")}, "text": body.get("text")}
-        return self.send_json(200, {"ok": True, "result": result})
+        if hold:
+            time.sleep(hold)        # accepted (recorded), the answer not yet given
+        try:
+            return self.send_json(200, {"ok": True, "result": result})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def get_updates(self, body):
         st = self.st
@@ -255,12 +292,22 @@ class Handler(BaseHTTPRequestHandler):
         limit = int(body.get("limit", 100) or 100)
         deadline = time.time() + timeout
         with st.lock:
+            st.getupdates += 1
             st.updates = [u for u in st.updates if u["update_id"] >= offset]
             while not st.updates and time.time() < deadline:
                 st.lock.wait(max(0.0, deadline - time.time()))
                 st.updates = [u for u in st.updates if u["update_id"] >= offset]
             batch = st.updates[:limit]
-        return self.send_json(200, {"ok": True, "result": batch})
+        if not any("__raw__" in u for u in batch):
+            return self.send_json(200, {"ok": True, "result": batch})
+        # raw updates: their bytes go into the answer as they are
+        body = b'{"ok":true,"result":[' + b",".join(
+            u["__raw__"] if "__raw__" in u else json.dumps(u).encode() for u in batch) + b"]}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def get_file(self, body):
         file_id = str(body.get("file_id", ""))
