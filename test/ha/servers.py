@@ -181,7 +181,7 @@ def basebackup(primary, standby):
     os.makedirs(standby.dir, exist_ok=True)
     chown_pg(standby.dir)
     subprocess.run(AS_PG + [os.path.join(PG_BIN, "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-                            "-U", "postgres", "-D", standby.data, "-R", "-X", "stream", "--no-sync",
+                            "-U", "postgres", "-D", standby.data, "-R", "-X", "stream", "--no-sync", "-c", "fast",
                             "-d", "application_name=%s" % standby.name],
                    check=True, capture_output=True, cwd=W, env=standby.env())
     with open(os.path.join(standby.data, "postgresql.conf"), "a") as f:

@@ -24,9 +24,10 @@ stop_recorded() {
 	for i in "${!pids[@]}"; do
 		pid=${pids[$i]}
 		kill -0 "$pid" 2>/dev/null || continue
-		# a pid reused since by someone else's process is left alone
-		if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$W" ||
-			tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "HA_DIR=$W"; then
+		# a pid reused since by someone else's process is left alone: ours name
+		# the run's directory or one of its ports (Redis rewrites its title)
+		if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE -- "$W|[: ]294[0-8][0-9]( |\$)" ||
+			tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "HA_DIR=$W"; then
 			kill -KILL "$pid" 2>/dev/null && echo "cleanup: stopped ${names[$i]} (pid $pid)" >&2
 		fi
 	done
@@ -34,7 +35,7 @@ stop_recorded() {
 	for f in "$W"/*/data/postmaster.pid; do
 		[ -f "$f" ] || continue
 		pid=$(head -1 "$f")
-		if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$W"; then
+		if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$W"; then
 			kill -KILL "$pid" 2>/dev/null && echo "cleanup: stopped postmaster of $(dirname "$f") (pid $pid)" >&2
 		fi
 	done
@@ -70,6 +71,7 @@ stop_recorded		# servers of an aborted earlier run
 rm -rf "$W"; mkdir -p "$W"; chmod 0755 "$W"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$W"
 
+PG_BIN=${HA_PG_BIN:-$PG_BIN}	# a private PostgreSQL tree may stand in (development)
 export HA_DIR=$W HA_SRC=$SRC PG_BIN
 HA_TOKEN=$(new_token); export HA_TOKEN
 HA_SU_PASS=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'); export HA_SU_PASS
@@ -80,7 +82,7 @@ timeout --foreground 420 python3 -u "$SRC/test/ha/ha_suite.py" || rc=$?
 [ $rc -eq 124 ] && echo "FAIL: the HA suite ran longer than 420 s" >&2
 
 # the bot token must appear in no log of the run
-if grep -rlF -- "$HA_TOKEN" "$W" --include='*.log' 2>/dev/null; then
+if grep -rlF --include='*.log' -e "$HA_TOKEN" "$W"; then
 	echo "FAIL: the bot token leaked into the logs above" >&2
 	rc=1
 else
