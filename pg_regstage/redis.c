@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/pmsignal.h"
 #include "storage/latch.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
@@ -955,6 +956,19 @@ redis_send_formatted_after_commit(const char *cmd, size_t len, int timeout_ms,
 	redisReply *r;
 	bool		ok = false;
 
+	/*
+	 * A commit whose wait for a synchronous standby was cut short (the
+	 * postmaster died, or this backend is being terminated: PostgreSQL then
+	 * ends the wait without the standby's acknowledgement) may exist on
+	 * this node only, and be gone after a failover.  Its staged data stays:
+	 * if the commit did survive, the next commit_registration() of the
+	 * telegram_id refuses it and clears the data.
+	 */
+	if (ProcDiePending || !PostmasterIsAlive())
+	{
+		snprintf(errbuf, errlen, "kept on purpose: this server is going down, and the commit may not have reached a synchronous standby");
+		return false;
+	}
 	redis_compute_identity(identity, sizeof(identity));
 	if (redis_conn == NULL || redis_conn_busy || redis_conn->err ||
 		strcmp(identity, redis_conn_identity) != 0)

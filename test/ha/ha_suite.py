@@ -300,12 +300,12 @@ def part_standby(p1, p2):
     for call in STANDBY_C_CALLS:
         out = s.run("SELECT " + call)
         check(sqlstate(out) == "25006" and "target_session_attrs=read-write" in hint(out),
-              "standby: SELECT %s -> %s %s" % (call, sqlstate(out), first_error(out)[16:90]))
+              "standby: SELECT %s -> %s %s" % (call, sqlstate(out), first_error(out)[15:90]))
     log("   hint: %s" % hint(out))
     for call in STANDBY_SQL_CALLS:
         out = s.run("SELECT " + call)
         check(sqlstate(out) == "25006", "standby, SQL-language: SELECT %s -> %s (by PostgreSQL itself: %s)"
-              % (call, sqlstate(out), first_error(out)[16:80]))
+              % (call, sqlstate(out), first_error(out)[15:80]))
     for call in STANDBY_READS:
         out = s.run("SELECT " + call)
         check(sqlstate(out) is None, "standby, read-only: SELECT %s works (%s)" % (call, out[0] if out else ""))
@@ -318,18 +318,58 @@ def part_standby(p1, p2):
     tids = list(range(2001, 2061))
     url = ("postgresql://postgres:%s@127.0.0.1:%d,127.0.0.1:%d/postgres?target_session_attrs=read-write&connect_timeout=2"
            % (SU_PASS, p1.port, p2.port))
+    held = 2999         # a commit caught waiting for the synchronous standby when the primary dies
+    s1 = Session(p1)
+    for item, _ in ITEMS:
+        s1.run(stage_sql(held, item))
+    s1.close()
     relay = start_relay("standby", url, API, TOKEN)
     ids = inject_registrations(tids)
     wait_for(lambda: count_users(p1, tids) >= 5, 60, "5 users registered through the relay", step=0.05)
+    # the standby is cut off (the primary refuses replication connections now and ends
+    # its walsender): commits on the primary wait for it, and their WAL never reaches it
+    hba = os.path.join(p1.data, "pg_hba.conf")
+    with open(hba) as f:
+        rules = f.read()
+    with open(hba, "w") as f:
+        f.write("host replication all 127.0.0.1/32 reject\n" + rules)
+    p1.psql("SELECT pg_reload_conf()")
+    p1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+    log("%s cut off from %s (replication refused, walsender ended): commits on %s now wait for the synchronous standby"
+        % (p2.name, p1.name, p1.name))
+    waiter = subprocess.Popen(["psql", "-X", "-h", "127.0.0.1", "-p", str(p1.port), "-U", "postgres", "-d", "postgres",
+                               "-c", "SELECT regstage.commit_registration(%d)" % held],
+                              stdout=open(os.path.join(W, "waiter.out"), "w"), stderr=subprocess.STDOUT, env=p1.env())
+    try:
+        wait_for(lambda: p1.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                                 " AND query LIKE '%%commit_registration(%d)%%'" % held, check=False) == "1",
+                 10, "commit_registration(%d) waiting for the synchronous standby" % held)
+    except AssertionError:
+        log("pg_stat_activity: %s; the commit's output: %s" % (
+            p1.psql("SELECT string_agg(coalesce(wait_event, '-') || ' ' || left(query, 60), ' | ') FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend'", check=False), open(os.path.join(W, "waiter.out")).read()))
+        raise
     pid = p1.postmaster_pid()
     before = count_users(p1, tids)
-    kill9(pid, "primary %s postmaster" % p1.name)
+    kill9(pid, "primary %s postmaster (commit_registration(%d) and relay commits wait for the standby)" % (p1.name, held))
+    waiter.wait(10)
+    time.sleep(0.3)     # the orphaned backends finish their commit callbacks
     p2.pg_ctl("promote")
     # the promoted node has no synchronous standby left: commit locally
     p2.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
     p2.psql("SELECT pg_reload_conf()")
     log("promoted %s (pg_ctl promote), synchronous_standby_names reset; %d of %d users were registered at the kill"
         % (p2.name, before, len(tids)))
+    s2 = Session(p2)
+    row = s2.run("SELECT count(*) FROM regstage.users WHERE telegram_id = %d" % held)
+    miss = s2.run("SELECT regstage.missing(%d)" % held)
+    log("commit_registration(%d): committed on %s, never acknowledged (the wait for the standby was cut): "
+        "users rows on %s: %s, staged data in Redis: missing() = %s" % (held, p1.name, p2.name, row[0], miss[0]))
+    check(row == ["0"] and miss == ["{}"],
+          "a commit cut from its synchronous-standby wait kept its staged data (it is not on the standby)")
+    out = s2.run("SELECT regstage.commit_registration(%d) > 0" % held)
+    check(out == ["t"], "so commit_registration(%d) on the promoted %s succeeds: %s" % (held, p2.name, out))
+    s2.close()
     wait_for(lambda: count_users(p2, tids) == len(tids), 90, "every user registered on the promoted node", step=0.5)
     check(before < len(tids), "all %d users registered, %d of them after the kill: the relay reconnected to %s by itself"
           % (len(tids), len(tids) - before, p2.name))
