@@ -56,6 +56,7 @@
 #include "dirwalk.h"
 #include "guc.h"
 #include "ownership.h"
+#include "primary.h"
 #include "upload.h"
 
 #define CLEANUP_BATCH 1000
@@ -1015,6 +1016,7 @@ regstage_cleanup_orphans(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 
+	primary_required(fcinfo);
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	SPI_connect();

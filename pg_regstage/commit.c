@@ -37,6 +37,7 @@
 #include "botapi.h"
 #include "guc.h"
 #include "plans.h"
+#include "primary.h"
 #include "redis_staging.h"
 #include "staging.h"
 #include "upload.h"
@@ -240,6 +241,7 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 	int			nfiles;
 	int64		user_id;
 
+	primary_required(fcinfo);
 	validate_telegram_id(PG_ARGISNULL(0), PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
 	telegram_id = PG_GETARG_INT64(0);
 	(void) upload_check_dir();
@@ -307,6 +309,7 @@ regstage_replace_documents(PG_FUNCTION_ARGS)
 	char	  **relpaths;
 	StringInfoData missing;
 
+	primary_required(fcinfo);
 	validate_telegram_id(PG_ARGISNULL(0), PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
 	telegram_id = PG_GETARG_INT64(0);
 	(void) upload_check_dir();

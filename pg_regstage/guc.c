@@ -26,6 +26,7 @@
 #include "utils/varlena.h"
 
 #include "guc.h"
+#include "redis.h"
 
 char	   *regstage_redis_host = NULL;
 int			regstage_redis_port = 6379;
@@ -54,6 +55,8 @@ int			regstage_cleanup_memory_kb = 32768;
 int			regstage_cleanup_max_age_s = 48 * 3600;
 int			regstage_cleanup_tmp_max_age_s = 24 * 3600;
 char	   *regstage_database = NULL;
+char	   *regstage_redis_sentinels = NULL;
+char	   *regstage_redis_master_name = NULL;
 
 /* Was the library loaded from shared_preload_libraries (in the postmaster)? */
 static bool loaded_at_startup = false;
@@ -377,6 +380,75 @@ regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen
 }
 
 /*
+ * regstage.redis_sentinels: "host:port,host:port,..." (IPv6 as [addr]:port),
+ * at most REDIS_MAX_SENTINELS entries; empty means no Sentinel.
+ */
+static bool
+check_redis_sentinels(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	char	   *tok;
+	char	   *save = NULL;
+	int			n = 0;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	copy = pstrdup(*newval);
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		char	   *colon;
+		char	   *end;
+		long		port;
+
+		while (*tok == ' ')
+			tok++;
+		colon = strrchr(tok, ':');
+		if (colon == NULL || colon == tok)
+		{
+			GUC_check_errdetail("Sentinel \"%s\" is not host:port.", tok);
+			return false;
+		}
+		errno = 0;
+		port = strtol(colon + 1, &end, 10);
+		while (*end == ' ')
+			end++;
+		if (errno != 0 || end == colon + 1 || *end != '\0' || port < 1 || port > 65535)
+		{
+			GUC_check_errdetail("Sentinel \"%s\" has no valid port (1-65535).", tok);
+			return false;
+		}
+		if (++n > REDIS_MAX_SENTINELS)
+		{
+			GUC_check_errdetail("At most %d sentinels can be listed.", REDIS_MAX_SENTINELS);
+			return false;
+		}
+	}
+	if (n == 0)
+	{
+		GUC_check_errdetail("List at least one sentinel as host:port, or leave the setting empty.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_redis_master_name(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || **newval == '\0' || strlen(*newval) > 128)
+	{
+		GUC_check_errdetail("The master name must be 1-128 characters.");
+		return false;
+	}
+	for (const char *p = *newval; *p; p++)
+		if ((unsigned char) *p <= ' ' || *p == 0x7f)
+		{
+			GUC_check_errdetail("The master name must not contain spaces or control characters.");
+			return false;
+		}
+	return true;
+}
+
+/*
  * The configured required document types, in asking order, as a List of
  * palloc'd strings in the current memory context.
  */
@@ -540,6 +612,16 @@ regstage_define_gucs(void)
 							   &regstage_test_inject, "",
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("regstage.redis_sentinels",
+							   "Redis Sentinels asked for the master, as host:port,host:port,... (empty: use regstage.redis_host and regstage.redis_port).",
+							   "Asked in order, each within regstage.redis_timeout; the master they name is used only while ROLE says master.",
+							   &regstage_redis_sentinels, "",
+							   PGC_SUSET, GUC_LIST_INPUT, check_redis_sentinels, NULL, NULL);
+	DefineCustomStringVariable("regstage.redis_master_name",
+							   "Name of the master the Redis Sentinels monitor (their \"sentinel monitor\" line).",
+							   NULL, &regstage_redis_master_name, "mymaster",
+							   PGC_SUSET, 0, check_redis_master_name, NULL, NULL);
 
 	MarkGUCPrefixReserved("regstage");
 }

@@ -16,6 +16,10 @@ extern int	regstage_redis_timeout_ms;
 extern char *regstage_key_prefix;
 extern int	regstage_ttl_s;
 
+/* Redis Sentinel (empty sentinels: regstage.redis_host/port directly) */
+extern char *regstage_redis_sentinels;
+extern char *regstage_redis_master_name;
+
 /* registration */
 extern char *regstage_required_documents;
 extern char *regstage_pdf_documents;	/* read by the conversation (SQL) */

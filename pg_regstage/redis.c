@@ -9,6 +9,15 @@
  * did not finish (I/O error, timeout, interrupt) leaves the connection
  * marked busy; the next call discards it and reconnects.
  *
+ * With regstage.redis_sentinels set, the connection is made to the master
+ * Redis Sentinel names: the sentinels are asked in order (each within
+ * regstage.redis_timeout, through the same latch waits), the master's ROLE
+ * is checked before the connection is used (a replica: ask again, a few
+ * times), and a READONLY reply (the master was demoted by a failover)
+ * drops the connection, so the next call asks the sentinels again.  A
+ * replica is never written to: it refuses writes with READONLY, and a
+ * connection that met READONLY is never used again.
+ *
  * hiredis allocates with malloc: every reply is copied into palloc'd memory
  * and freed before anything can ereport, so no reply leaks across a longjmp.
  *
@@ -19,6 +28,7 @@
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
@@ -26,6 +36,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/pmsignal.h"
 #include "storage/latch.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
@@ -45,15 +56,49 @@ static bool redis_conn_busy = false;	/* a round trip is in progress or was cut *
 static WaitEventSet *redis_waitset = NULL;
 static int	redis_waitset_socket_pos;
 static int	redis_waitset_socket_event;
-static char redis_conn_identity[1024];	/* settings the connection was made with */
+static char redis_conn_identity[2048];	/* settings the connection was made with */
+
+/* The master the sentinels named last (for messages). */
+static char redis_master_host[256];
+static int	redis_master_port;
+
+/* A ROLE other than master: ask the sentinels again this many times in all. */
+#define REDIS_ROLE_ATTEMPTS 3
+#define REDIS_ROLE_RETRY_MS 250
+
+#define REDIS_HINT_PLAIN "Check that Redis is running and that regstage.redis_host, regstage.redis_port and regstage.redis_password are right."
+
+/* Why a connection could not be made: the error to raise, or its detail. */
+typedef struct RedisConnectFailure
+{
+	int			code;			/* SQLSTATE */
+	char		msg[1024];		/* the whole message */
+	char		detail[512];	/* the cause alone (nothrow callers log it) */
+	const char *hint;
+} RedisConnectFailure;
+
+static bool
+redis_use_sentinels(void)
+{
+	return regstage_redis_sentinels != NULL && regstage_redis_sentinels[0] != '\0';
+}
 
 /* Where Redis is, for messages: "host:port" or "unix socket path". */
 const char *
 redis_address(void)
 {
-	static char addr[MAXPGPATH + 32];
+	static char addr[MAXPGPATH + 512];
 
-	if (regstage_redis_host[0] == '/')
+	if (redis_use_sentinels())
+	{
+		if (redis_master_host[0] != '\0')
+			snprintf(addr, sizeof(addr), "%s:%d (master \"%s\" named by Redis Sentinel)",
+					 redis_master_host, redis_master_port, regstage_redis_master_name);
+		else
+			snprintf(addr, sizeof(addr), "master \"%s\" of Redis Sentinel %s",
+					 regstage_redis_master_name, regstage_redis_sentinels);
+	}
+	else if (regstage_redis_host[0] == '/')
 		snprintf(addr, sizeof(addr), "unix socket %s", regstage_redis_host);
 	else
 		snprintf(addr, sizeof(addr), "%s:%d", regstage_redis_host, regstage_redis_port);
@@ -96,8 +141,9 @@ redis_on_exit(int code, Datum arg)
 static void
 redis_compute_identity(char *buf, size_t len)
 {
-	snprintf(buf, len, "%s|%d|%d|%s|%s", regstage_redis_host, regstage_redis_port,
-			 regstage_redis_db, regstage_redis_password, regstage_redis_password_file);
+	snprintf(buf, len, "%s|%d|%d|%s|%s|%s|%s", regstage_redis_host, regstage_redis_port,
+			 regstage_redis_db, regstage_redis_password, regstage_redis_password_file,
+			 regstage_redis_sentinels, regstage_redis_master_name);
 }
 
 /*
@@ -273,59 +319,314 @@ redis_roundtrip_raw(RedisCommand *cmds, int ncmds, RedisValue **out,
 }
 
 /*
- * Make sure redis_conn is a live connection made with the current settings.
- * Returns false (nothrow) or raises when Redis cannot be reached.
+ * Wait until fd is ready for event (WL_SOCKET_*) or the deadline passes
+ * (false): for sockets other than redis_conn's (a connect in progress, a
+ * sentinel), which would not pay for a kept WaitEventSet.  Unless nothrow,
+ * interrupts are served.
  */
 static bool
-redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_out)
+redis_wait_fd(int fd, int event, TimestampTz deadline, bool nothrow)
 {
-	char		identity[sizeof(redis_conn_identity)];
-	struct timeval tv;
-	redisContext *c;
-	int			flags;
-	static bool exit_hook_registered = false;
-	char		password[REGSTAGE_SECRET_MAX + 2];
-
-	redis_compute_identity(identity, sizeof(identity));
-	if (redis_conn && (redis_conn_busy || redis_conn->err ||
-					   strcmp(identity, redis_conn_identity) != 0))
-		redis_discard();
-	if (redis_conn)
-		return true;
-
-	if (!exit_hook_registered)
+	for (;;)
 	{
-		on_proc_exit(redis_on_exit, (Datum) 0);
-		exit_hook_registered = true;
-	}
+		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		int			rc;
 
-	if (!regstage_redis_password_value(password, sizeof(password), errbuf, errlen, errcode_out))
-		return false;
-	tv.tv_sec = regstage_redis_timeout_ms / 1000;
-	tv.tv_usec = (regstage_redis_timeout_ms % 1000) * 1000;
-	if (regstage_redis_host[0] == '/')
-		c = redisConnectUnixWithTimeout(regstage_redis_host, tv);
-	else
-		c = redisConnectWithTimeout(regstage_redis_host, regstage_redis_port, tv);
+		if (remaining <= 0)
+			return false;
+		rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | event,
+							   fd, remaining, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			if (!nothrow)
+				CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & event)
+			return true;
+	}
+}
+
+/*
+ * Open a TCP connection without blocking: hiredis starts the connect, the
+ * wait is ours, so it is bounded by the deadline and cancel interrupts it.
+ * Returns the context in non-blocking mode, or NULL with errbuf set.
+ */
+static redisContext *
+redis_connect_tcp(const char *host, int port, TimestampTz deadline, bool nothrow,
+				  char *errbuf, size_t errlen)
+{
+	redisContext *c = redisConnectNonBlock(host, port);
+	bool		ready = false;
+	int			soerr = 0;
+	socklen_t	solen = sizeof(soerr);
+
 	if (c == NULL || c->err)
 	{
 		snprintf(errbuf, errlen, "%s", c ? c->errstr : "out of memory");
 		if (c)
 			redisFree(c);
-		*errcode_out = ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+		return NULL;
+	}
+	PG_TRY();
+	{
+		ready = redis_wait_fd(c->fd, WL_SOCKET_CONNECTED, deadline, nothrow);
+	}
+	PG_CATCH();
+	{
+		redisFree(c);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!ready)
+		snprintf(errbuf, errlen, "connection not established within regstage.redis_timeout (%d ms)",
+				 regstage_redis_timeout_ms);
+	else if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &solen) < 0 || soerr != 0)
+		snprintf(errbuf, errlen, "%s", strerror(soerr ? soerr : errno));
+	else
+		return c;
+	redisFree(c);
+	return NULL;
+}
+
+/*
+ * One command on a non-blocking context other than through redis_conn's
+ * wait set: a sentinel's, or ROLE on a fresh connection.  *reply is
+ * hiredis's (malloc'd; the caller frees it).  False with errbuf set on a
+ * transport failure or timeout; the context is then unusable.
+ */
+static bool
+redis_ctx_command(redisContext *c, RedisCommand *cmd, TimestampTz deadline, bool nothrow,
+				  redisReply **reply, char *errbuf, size_t errlen)
+{
+	int			done = 0;
+	void	   *r = NULL;
+
+	if (redisAppendCommandArgv(c, cmd->argc, cmd->argv, cmd->argvlen) != REDIS_OK)
+	{
+		snprintf(errbuf, errlen, "%s", c->errstr);
 		return false;
+	}
+	while (!done)
+	{
+		if (redisBufferWrite(c, &done) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", c->errstr);
+			return false;
+		}
+		if (!done && !redis_wait_fd(c->fd, WL_SOCKET_WRITEABLE, deadline, nothrow))
+		{
+			snprintf(errbuf, errlen, "no answer within %d ms", regstage_redis_timeout_ms);
+			return false;
+		}
+	}
+	for (;;)
+	{
+		if (redisGetReplyFromReader(c, &r) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", c->errstr);
+			return false;
+		}
+		if (r != NULL)
+			break;
+		if (!redis_wait_fd(c->fd, WL_SOCKET_READABLE, deadline, nothrow))
+		{
+			snprintf(errbuf, errlen, "no answer within %d ms", regstage_redis_timeout_ms);
+			return false;
+		}
+		if (redisBufferRead(c) != REDIS_OK)
+		{
+			snprintf(errbuf, errlen, "%s", c->errstr);
+			return false;
+		}
+	}
+	*reply = r;
+	return true;
+}
+
+/* Append "what; " to a fixed buffer, silently cut when full. */
+static void
+append_detail(char *buf, size_t len, const char *what)
+{
+	size_t		used = strlen(buf);
+
+	if (used + 1 < len)
+		snprintf(buf + used, len - used, "%s%s", used ? "; " : "", what);
+}
+
+/*
+ * Ask the sentinels of regstage.redis_sentinels, in order, for the address
+ * of regstage.redis_master_name (SENTINEL get-master-addr-by-name).  Each
+ * sentinel gets regstage.redis_timeout for its connect and its answer; the
+ * first that names a master wins.  False with f set when none is reachable
+ * or none knows the master.
+ */
+static bool
+redis_sentinel_lookup(char *host, size_t hostlen, int *port, bool nothrow, RedisConnectFailure *f)
+{
+	char		list[REDIS_MAX_SENTINELS * 272];
+	char		details[768] = "";
+	char	   *tok;
+	char	   *save = NULL;
+	int			reached = 0;
+
+	strlcpy(list, regstage_redis_sentinels, sizeof(list));
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		char		shost[256];
+		char		err[256];
+		char	   *colon;
+		int			sport;
+		TimestampTz deadline;
+		redisContext *c;
+		RedisCommand cmd;
+		volatile bool ok = false;
+		redisReply *volatile reply = NULL;
+
+		while (*tok == ' ')
+			tok++;
+		colon = strrchr(tok, ':');
+		if (colon == NULL)
+			continue;			/* the check hook refuses it */
+		sport = atoi(colon + 1);
+		*colon = '\0';
+		if (tok[0] == '[' && colon > tok + 1 && colon[-1] == ']')
+		{
+			colon[-1] = '\0';
+			tok++;
+		}
+		strlcpy(shost, tok, sizeof(shost));
+
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), regstage_redis_timeout_ms);
+		c = redis_connect_tcp(shost, sport, deadline, nothrow, err, sizeof(err));
+		if (c == NULL)
+		{
+			char		d[320];
+
+			snprintf(d, sizeof(d), "%s:%d: %s", shost, sport, err);
+			append_detail(details, sizeof(details), d);
+			continue;
+		}
+		redis_cmd_init(&cmd);
+		redis_cmd_arg(&cmd, "SENTINEL");
+		redis_cmd_arg(&cmd, "get-master-addr-by-name");
+		redis_cmd_arg(&cmd, regstage_redis_master_name);
+		PG_TRY();
+		{
+			redisReply *r = NULL;
+
+			ok = redis_ctx_command(c, &cmd, deadline, nothrow, &r, err, sizeof(err));
+			reply = r;
+		}
+		PG_FINALLY();
+		{
+			redisFree(c);
+		}
+		PG_END_TRY();
+		if (!ok)
+		{
+			char		d[320];
+
+			snprintf(d, sizeof(d), "%s:%d: %s", shost, sport, err);
+			append_detail(details, sizeof(details), d);
+			continue;
+		}
+		reached++;
+		if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+			reply->element[0]->type == REDIS_REPLY_STRING &&
+			reply->element[1]->type == REDIS_REPLY_STRING)
+		{
+			strlcpy(host, reply->element[0]->str, hostlen);
+			*port = atoi(reply->element[1]->str);
+			freeReplyObject(reply);
+			return true;
+		}
+		{
+			char		d[320];
+
+			snprintf(d, sizeof(d), "%s:%d: %s", shost, sport,
+					 reply->type == REDIS_REPLY_ERROR ? reply->str : "does not know it");
+			append_detail(details, sizeof(details), d);
+		}
+		freeReplyObject(reply);
 	}
 
-	/* From here on every wait is ours (latch + socket), not hiredis's. */
-	flags = fcntl(c->fd, F_GETFL, 0);
-	if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0)
+	f->code = ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+	strlcpy(f->detail, details, sizeof(f->detail));
+	if (reached == 0)
 	{
-		snprintf(errbuf, errlen, "could not make the socket non-blocking: %m");
-		redisFree(c);
-		*errcode_out = ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+		snprintf(f->msg, sizeof(f->msg),
+				 "could not reach any Redis Sentinel of regstage.redis_sentinels (%s): %s",
+				 regstage_redis_sentinels, details);
+		f->hint = "Check that the sentinels are running and that regstage.redis_sentinels lists them as host:port, comma-separated.";
+	}
+	else
+	{
+		snprintf(f->msg, sizeof(f->msg),
+				 "the Redis Sentinels (%s) know no master named \"%s\": %s",
+				 regstage_redis_sentinels, regstage_redis_master_name, details);
+		f->hint = "Set regstage.redis_master_name to the name of the sentinels' \"sentinel monitor\" line (redis-cli -p <sentinel port> SENTINEL masters lists them).";
+	}
+	return false;
+}
+
+/*
+ * Connect redis_conn to host:port (or the unix socket host), make it
+ * non-blocking, then AUTH and SELECT in one round trip.  False with f set.
+ */
+static bool
+redis_open(const char *host, int port, const char *identity, bool nothrow, RedisConnectFailure *f)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), regstage_redis_timeout_ms);
+	redisContext *c;
+	char		password[REGSTAGE_SECRET_MAX + 2];
+	int			code;
+
+	f->hint = REDIS_HINT_PLAIN;
+	/* the password (regstage.redis_password_file wins): never raises here */
+	if (!regstage_redis_password_value(password, sizeof(password), f->detail, sizeof(f->detail), &code))
+	{
+		f->code = code;
+		snprintf(f->msg, sizeof(f->msg), "could not connect to Redis at %s: %s", redis_address(), f->detail);
 		return false;
 	}
-	c->flags &= ~REDIS_BLOCK;
+	if (host[0] == '/')
+	{
+		struct timeval tv;
+		int			flags;
+
+		tv.tv_sec = regstage_redis_timeout_ms / 1000;
+		tv.tv_usec = (regstage_redis_timeout_ms % 1000) * 1000;
+		c = redisConnectUnixWithTimeout(host, tv);
+		if (c == NULL || c->err)
+		{
+			snprintf(f->detail, sizeof(f->detail), "%s", c ? c->errstr : "out of memory");
+			if (c)
+				redisFree(c);
+			c = NULL;
+		}
+		else
+		{
+			/* From here on every wait is ours (latch + socket), not hiredis's. */
+			flags = fcntl(c->fd, F_GETFL, 0);
+			if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0)
+			{
+				snprintf(f->detail, sizeof(f->detail), "could not make the socket non-blocking: %m");
+				redisFree(c);
+				c = NULL;
+			}
+			else
+				c->flags &= ~REDIS_BLOCK;
+		}
+	}
+	else
+		c = redis_connect_tcp(host, port, deadline, nothrow, f->detail, sizeof(f->detail));
+	if (c == NULL)
+	{
+		f->code = ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+		snprintf(f->msg, sizeof(f->msg), "could not connect to Redis at %s: %s", redis_address(), f->detail);
+		return false;
+	}
 	redis_conn = c;
 	strlcpy(redis_conn_identity, identity, sizeof(redis_conn_identity));
 
@@ -335,6 +636,8 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 		RedisCommand cmds[2];
 		RedisValue *replies[2] = {NULL, NULL};
 		char		dbbuf[16];
+		char	   *errbuf = f->detail;
+		size_t		errlen = sizeof(f->detail);
 		int			n = 0;
 
 		if (password[0] != '\0')
@@ -355,7 +658,8 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 		errbuf[0] = '\0';
 		if (!redis_roundtrip_raw(cmds, n, replies, nothrow, regstage_redis_timeout_ms, errbuf, errlen))
 		{
-			*errcode_out = ERRCODE_CONNECTION_FAILURE;
+			f->code = ERRCODE_CONNECTION_FAILURE;
+			snprintf(f->msg, sizeof(f->msg), "could not connect to Redis at %s: %s", redis_address(), f->detail);
 			return false;
 		}
 		for (int i = 0; i < n; i++)
@@ -365,14 +669,137 @@ redis_ensure_connected(bool nothrow, char *errbuf, size_t errlen, int *errcode_o
 				if (!nothrow)
 					snprintf(errbuf, errlen, "%s: %s", cmds[i].argv[0], replies[i]->str);
 				redis_discard();
-				*errcode_out = (strcmp(cmds[i].argv[0], "AUTH") == 0)
+				f->code = (strcmp(cmds[i].argv[0], "AUTH") == 0)
 					? ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
 					: ERRCODE_CONNECTION_FAILURE;
+				snprintf(f->msg, sizeof(f->msg), "could not connect to Redis at %s: %s", redis_address(), f->detail);
 				return false;
 			}
 		}
 	}
 	return true;
+}
+
+/*
+ * ROLE of the freshly opened redis_conn ("master", "slave", ...) into role.
+ * False with f set on a transport failure (the connection is discarded).
+ */
+static bool
+redis_role(char *role, size_t rolelen, bool nothrow, RedisConnectFailure *f)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), regstage_redis_timeout_ms);
+	RedisCommand cmd;
+	redisReply *reply = NULL;
+
+	redis_cmd_init(&cmd);
+	redis_cmd_arg(&cmd, "ROLE");
+	redis_conn_busy = true;		/* an interrupt here leaves it to be discarded */
+	if (!redis_ctx_command(redis_conn, &cmd, deadline, nothrow, &reply, f->detail, sizeof(f->detail)))
+	{
+		redis_discard();
+		f->code = ERRCODE_CONNECTION_FAILURE;
+		f->hint = "A failover may be in progress: retry in a few seconds.";
+		snprintf(f->msg, sizeof(f->msg), "Redis at %s failed during ROLE: %s", redis_address(), f->detail);
+		return false;
+	}
+	redis_conn_busy = false;
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+		reply->element[0]->type == REDIS_REPLY_STRING)
+		strlcpy(role, reply->element[0]->str, rolelen);
+	else if (reply->type == REDIS_REPLY_ERROR)
+		snprintf(role, rolelen, "error \"%s\"", reply->str);
+	else
+		strlcpy(role, "unknown", rolelen);
+	freeReplyObject(reply);
+	return true;
+}
+
+/* Sleep ms on the latch (interruptible unless nothrow). */
+static void
+redis_pause(long ms, bool nothrow)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	if (!nothrow)
+		CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * Make sure redis_conn is a live connection made with the current settings,
+ * to the master when sentinels are configured.  Returns false with f set
+ * when Redis cannot be reached; the caller raises or logs it.
+ */
+static bool
+redis_ensure_connected(bool nothrow, RedisConnectFailure *f)
+{
+	char		identity[sizeof(redis_conn_identity)];
+	static bool exit_hook_registered = false;
+
+	redis_compute_identity(identity, sizeof(identity));
+	if (redis_conn && (redis_conn_busy || redis_conn->err ||
+					   strcmp(identity, redis_conn_identity) != 0))
+		redis_discard();
+	if (redis_conn)
+		return true;
+
+	if (!exit_hook_registered)
+	{
+		on_proc_exit(redis_on_exit, (Datum) 0);
+		exit_hook_registered = true;
+	}
+
+	if (!redis_use_sentinels())
+		return redis_open(regstage_redis_host, regstage_redis_host[0] == '/' ? 0 : regstage_redis_port,
+						  identity, nothrow, f);
+
+	for (int attempt = 1;; attempt++)
+	{
+		char		host[256];
+		char		role[128];
+		int			port;
+
+		redis_master_host[0] = '\0';
+		if (!redis_sentinel_lookup(host, sizeof(host), &port, nothrow, f))
+			return false;
+		strlcpy(redis_master_host, host, sizeof(redis_master_host));
+		redis_master_port = port;
+		if (!redis_open(host, port, identity, nothrow, f))
+		{
+			f->hint = "The sentinels may not have noticed a failed master yet (down-after-milliseconds): retry in a few seconds.";
+			return false;
+		}
+		if (!redis_role(role, sizeof(role), nothrow, f))
+			return false;
+		if (strcmp(role, "master") == 0)
+			return true;
+
+		/* a demoted master the sentinels still name: never write to it */
+		redis_discard();
+		if (attempt >= REDIS_ROLE_ATTEMPTS)
+		{
+			f->code = ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+			snprintf(f->detail, sizeof(f->detail), "ROLE is %s, not master", role);
+			snprintf(f->msg, sizeof(f->msg),
+					 "the Redis Sentinels name %s:%d as master \"%s\", but its ROLE is %s (asked %d times)",
+					 host, port, regstage_redis_master_name, role, attempt);
+			f->hint = "A failover is in progress: retry in a few seconds (the sentinels' failover-timeout).";
+			return false;
+		}
+		redis_pause(REDIS_ROLE_RETRY_MS * attempt, nothrow);
+	}
+}
+
+/* A READONLY error in a reply (or in an EXEC array): the server is a replica now. */
+static const char *
+redis_readonly_error(RedisValue *r)
+{
+	if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL)
+		return r->str;
+	if (r->type == REDIS_REPLY_ARRAY)
+		for (int j = 0; j < r->nelem; j++)
+			if (r->elem[j]->type == REDIS_REPLY_ERROR && strstr(r->elem[j]->str, "READONLY") != NULL)
+				return r->elem[j]->str;
+	return NULL;
 }
 
 /*
@@ -384,13 +811,13 @@ redis_roundtrip(RedisCommand *cmds, int ncmds)
 {
 	RedisValue **replies = palloc0(sizeof(RedisValue *) * ncmds);
 	char		errbuf[256];
-	int			code = ERRCODE_CONNECTION_FAILURE;
+	RedisConnectFailure f;
 
-	if (!redis_ensure_connected(false, errbuf, sizeof(errbuf), &code))
+	if (!redis_ensure_connected(false, &f))
 		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not connect to Redis at %s: %s", redis_address(), errbuf),
-				 errhint("Check that Redis is running and that regstage.redis_host, regstage.redis_port and regstage.redis_password are right.")));
+				(errcode(f.code),
+				 errmsg("%s", f.msg),
+				 errhint("%s", f.hint)));
 	if (!redis_roundtrip_raw(cmds, ncmds, replies, false, regstage_redis_timeout_ms,
 							 errbuf, sizeof(errbuf)))
 		ereport(ERROR,
@@ -402,7 +829,19 @@ redis_roundtrip(RedisCommand *cmds, int ncmds)
 	for (int i = 0; i < ncmds; i++)
 	{
 		RedisValue *r = replies[i];
+		const char *readonly = redis_readonly_error(r);
 
+		if (readonly)
+		{
+			/* demoted by a failover: this connection is never used again */
+			redis_discard();
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("Redis at %s refused %s as a replica: %s", redis_address(), cmds[i].argv[0], readonly),
+					 errhint(redis_use_sentinels()
+							 ? "The master changed (failover); nothing was written.  The next call asks the sentinels for the new master."
+							 : "Redis at regstage.redis_host is a replica; nothing was written.  Point regstage.redis_host at the master, or set regstage.redis_sentinels.")));
+		}
 		if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOAUTH", 6) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
@@ -436,14 +875,19 @@ bool
 redis_roundtrip_nothrow(RedisCommand *cmds, int ncmds, int timeout_ms, char *errbuf, size_t errlen)
 {
 	RedisValue *replies[8];
-	int			code;
+	RedisConnectFailure f;
 
 	Assert(ncmds <= lengthof(replies));
 	errbuf[0] = '\0';
-	if (!redis_ensure_connected(true, errbuf, errlen, &code))
+	if (!redis_ensure_connected(true, &f))
+	{
+		snprintf(errbuf, errlen, "%s", f.detail);
 		return false;
+	}
 	if (!redis_roundtrip_raw(cmds, ncmds, replies, true, timeout_ms, errbuf, errlen))
 		return false;
+	if (strstr(errbuf, "READONLY") != NULL)
+		redis_discard();		/* a replica now: never used again */
 	return errbuf[0] == '\0';
 }
 
@@ -521,6 +965,19 @@ redis_send_formatted_after_commit(const char *cmd, size_t len, int timeout_ms,
 	redisReply *r;
 	bool		ok = false;
 
+	/*
+	 * A commit whose wait for a synchronous standby was cut short (the
+	 * postmaster died, or this backend is being terminated: PostgreSQL then
+	 * ends the wait without the standby's acknowledgement) may exist on
+	 * this node only, and be gone after a failover.  Its staged data stays:
+	 * if the commit did survive, the next commit_registration() of the
+	 * telegram_id refuses it and clears the data.
+	 */
+	if (ProcDiePending || !PostmasterIsAlive())
+	{
+		snprintf(errbuf, errlen, "kept on purpose: this server is going down, and the commit may not have reached a synchronous standby");
+		return false;
+	}
 	redis_compute_identity(identity, sizeof(identity));
 	if (redis_conn == NULL || redis_conn_busy || redis_conn->err ||
 		strcmp(identity, redis_conn_identity) != 0)
@@ -579,7 +1036,8 @@ redis_send_formatted_after_commit(const char *cmd, size_t len, int timeout_ms,
 		snprintf(errbuf, errlen, "%s", r->str);
 	else
 		snprintf(errbuf, errlen, "unexpected reply type %d", r->type);
+	/* the round trip is complete; a replica (READONLY) is left to be discarded */
+	redis_conn_busy = (r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL);
 	freeReplyObject(reply);
-	redis_conn_busy = false;	/* the round trip is complete */
 	return ok;
 }

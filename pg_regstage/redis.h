@@ -3,7 +3,9 @@
  *
  * Lazy connect with regstage.redis_timeout, AUTH and SELECT, non-blocking
  * round trips bounded by the timeout and interruptible by cancel, and the
- * reconnect after a cut round trip.  The key layout is redis_staging.c's.
+ * reconnect after a cut round trip.  With regstage.redis_sentinels the
+ * master is asked of Redis Sentinel and checked with ROLE before use; a
+ * READONLY reply (the master became a replica) drops the connection.  The key layout is redis_staging.c's.
  * Replies come back palloc'd, so callers may ereport freely; transport
  * failures raise 08xxx errors naming the server.
  */
@@ -11,6 +13,9 @@
 #define REGSTAGE_REDIS_H
 
 #include "lib/stringinfo.h"
+
+/* regstage.redis_sentinels lists at most this many host:port entries */
+#define REDIS_MAX_SENTINELS 16
 
 /* A Redis reply copied out of hiredis's malloc'd tree. */
 typedef struct RedisValue

@@ -14,6 +14,7 @@
 #include "utils/jsonb.h"
 
 #include "guc.h"
+#include "primary.h"
 #include "redis_staging.h"
 #include "steps.h"
 #include "staging.h"
@@ -54,6 +55,7 @@ regstage_stage_language(PG_FUNCTION_ARGS)
 	int64		telegram_id = telegram_id_arg(fcinfo);
 	char	   *language = text_arg(fcinfo, 1, "language");
 
+	primary_required(fcinfo);
 	validate_language(language);
 	redis_stage_language(telegram_id, language);
 	PG_RETURN_VOID();
@@ -100,6 +102,7 @@ regstage_stage_user_data(PG_FUNCTION_ARGS)
 	List	   *fields = NIL;
 	char	   *key = NULL;
 
+	primary_required(fcinfo);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -144,6 +147,7 @@ regstage_stage_document(PG_FUNCTION_ARGS)
 	char	   *doc_type = text_arg(fcinfo, 1, "doc_type");
 	char	   *file_id = text_arg(fcinfo, 2, "file_id");
 
+	primary_required(fcinfo);
 	validate_doc_type(doc_type);
 	validate_file_id(file_id);
 	redis_stage_document(telegram_id, doc_type, file_id);
@@ -197,8 +201,10 @@ regstage_staged(PG_FUNCTION_ARGS)
 {
 	REGSTAGE_REQUIRE_PRELOAD();
 	bool		isnull;
-	Datum		result = staged_to_jsonb(redis_fetch_staged(telegram_id_arg(fcinfo)), &isnull);
+	Datum		result;
 
+	primary_required(fcinfo);
+	result = staged_to_jsonb(redis_fetch_staged(telegram_id_arg(fcinfo)), &isnull);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
@@ -244,6 +250,7 @@ regstage_stage_text_answer(PG_FUNCTION_ARGS)
 	StagedRegistration *s;
 	StringInfoData buf;
 
+	primary_required(fcinfo);
 	if (username && (username[0] == '\0' || strlen(username) > 64 ||
 					 strspn(username, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(username)))
 		username = NULL;		/* optional: an odd one is simply not kept */
@@ -300,6 +307,7 @@ regstage_missing(PG_FUNCTION_ARGS)
 	REGSTAGE_REQUIRE_PRELOAD();
 	int64		telegram_id = telegram_id_arg(fcinfo);
 
+	primary_required(fcinfo);
 	PG_RETURN_ARRAYTYPE_P(text_array_from_list(staging_missing_items(redis_fetch_staged(telegram_id))));
 }
 
@@ -361,6 +369,7 @@ Datum
 regstage_extend_ttl(PG_FUNCTION_ARGS)
 {
 	REGSTAGE_REQUIRE_PRELOAD();
+	primary_required(fcinfo);
 	PG_RETURN_BOOL(redis_extend_ttl(telegram_id_arg(fcinfo)));
 }
 
@@ -368,6 +377,7 @@ Datum
 regstage_clear_registration(PG_FUNCTION_ARGS)
 {
 	REGSTAGE_REQUIRE_PRELOAD();
+	primary_required(fcinfo);
 	PG_RETURN_BOOL(redis_clear(telegram_id_arg(fcinfo)));
 }
 

@@ -8,9 +8,15 @@
  * wait on the latch, reset it, serve interrupts, reload the configuration,
  * work.  SIGUSR1 keeps PostgreSQL's handler so ProcSignalBarriers (DROP
  * DATABASE) are served; an error in one run is logged and the loop goes on.
+ *
+ * It also starts on a hot standby (BgWorkerStart_ConsistentState), where it
+ * does nothing: the primary's worker owns the upload directory and the
+ * queues.  It says so once, and once more when the server is promoted, so
+ * after a failover exactly one node of a cluster cleans up.
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -33,6 +39,7 @@
 
 #define WORKER_RESTART_S 10
 #define WORKER_DISABLED_POLL_MS (60 * 1000)
+#define WORKER_STANDBY_POLL_MS 1000	/* how soon a promotion is noticed */
 
 PGDLLEXPORT void regstage_worker_main(Datum arg);
 
@@ -43,7 +50,7 @@ worker_register(void)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;	/* also idles on a standby */
 	worker.bgw_restart_time = WORKER_RESTART_S;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_regstage");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "regstage_worker_main");
@@ -149,10 +156,31 @@ worker_run_once(const char *what, void (*job) (void))
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Is this server a standby?  Logged once per change of state: at start on
+ * a standby, and at the promotion.
+ */
+static bool
+worker_on_standby(bool *was_standby)
+{
+	bool		standby = RecoveryInProgress();
+
+	if (standby && !*was_standby)
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup worker: this server is a standby; cleanup and retention purge are idle until it is promoted")));
+	else if (!standby && *was_standby)
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup worker: this server was promoted to primary; cleanup and retention purge run every %d s",
+						regstage_cleanup_interval_s)));
+	*was_standby = standby;
+	return standby;
+}
+
 void
 regstage_worker_main(Datum arg)
 {
 	TimestampTz next_run;
+	bool		was_standby = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);		/* a long scan must stop promptly too */
@@ -164,6 +192,7 @@ regstage_worker_main(Datum arg)
 
 	next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   (int64) regstage_cleanup_interval_s * 1000);
+	(void) worker_on_standby(&was_standby);
 	for (;;)
 	{
 		long		wait_ms;
@@ -173,6 +202,8 @@ regstage_worker_main(Datum arg)
 			wait_ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_run), 0);
 		else
 			wait_ms = WORKER_DISABLED_POLL_MS;
+		if (was_standby)
+			wait_ms = Min(wait_ms, WORKER_STANDBY_POLL_MS);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -191,6 +222,8 @@ regstage_worker_main(Datum arg)
 			}
 			continue;
 		}
+		if (worker_on_standby(&was_standby))
+			continue;
 		if (regstage_cleanup_interval_s <= 0 || GetCurrentTimestamp() < next_run)
 			continue;
 

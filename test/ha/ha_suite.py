@@ -1,0 +1,654 @@
+"""The high-availability suite (run by test/scripts/ha.sh).
+
+  redis:    master + replica + 3 Sentinels; the extension finds the master
+            through the sentinels, refuses a replica (ROLE), drops a
+            connection that met READONLY; the master is killed during a
+            stream of staging calls and staging goes on on the new master.
+  standby:  a plain streaming replica (pg_basebackup -R): every C function
+            and the SQL writers fail with 25006, the cleanup worker idles
+            and says so once; the relay (multi-host URI,
+            target_session_attrs=read-write) registers users while the
+            primary is killed and the replica promoted.
+  patroni:  etcd + 2 Patroni nodes (synchronous_mode) + HAProxy routing to
+            the leader; the leader's Patroni and postmaster are killed
+            mid-stream, the relay (through HAProxy) and the extension carry on.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from servers import (W, SRC, PG_BIN, AS_PG, log, alive, kill9, wait_for, spawn, rcli, start_redis,  # noqa: E402
+                     start_sentinel, Node, initdb, basebackup, start_standin, start_relay, http, chown_pg,
+                     record, wait_gone)
+from regstage_testlib import registration  # noqa: E402
+
+PORTS = dict(redis=(29401, 29402), sentinel=(29411, 29412, 29413), fake_sentinel=29414,
+             pg=(29431, 29432), patroni_pg=(29441, 29442), patroni_api=(29451, 29452),
+             etcd=(29461, 29462), haproxy=29471, haproxy_stats=29472, api=29481)
+MASTER = "regstage-ha"
+SENTINELS = ",".join("127.0.0.1:%d" % p for p in PORTS["sentinel"])
+TOKEN = os.environ["HA_TOKEN"]
+SU_PASS = os.environ["HA_SU_PASS"]
+API = "http://127.0.0.1:%d" % PORTS["api"]
+UPLOADS = os.path.join(W, "uploads")
+FAILED = []
+
+
+def check(cond, what):
+    log(("ok    " if cond else "FAIL  ") + what)
+    if not cond:
+        FAILED.append(what)
+    return cond
+
+
+class Session:
+    """One psql process kept open (one backend, so its Redis connection lives on)."""
+
+    def __init__(self, node):
+        env = node.env()
+        self.p = subprocess.Popen(["psql", "-X", "-h", "127.0.0.1", "-p", str(node.port), "-U", "postgres",
+                                   "-d", "postgres", "-Atq", "-v", "VERBOSITY=verbose"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1, env=env)
+        self.n = 0
+
+    def run(self, q):
+        self.n += 1
+        self.p.stdin.write(q.rstrip().rstrip(";") + ";\n\\echo __END_%d__\n" % self.n)
+        self.p.stdin.flush()
+        lines = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line or line.rstrip("\n") == "__END_%d__" % self.n:
+                return lines
+            lines.append(line.rstrip("\n"))
+
+    def close(self):
+        try:
+            self.p.stdin.close()
+            self.p.wait(10)
+        except Exception:
+            self.p.kill()
+
+
+def sqlstate(lines):
+    for line in lines:
+        for tag in ("ERROR:  ", "FATAL:  "):
+            if line.startswith(tag):
+                return line[len(tag):len(tag) + 5]
+    return None
+
+
+def first_error(lines):
+    return next((l for l in lines if l.startswith(("ERROR:", "FATAL:"))), "")
+
+
+def hint(lines):
+    return next((l for l in lines if l.startswith("HINT:")), "")
+
+
+PG_CONF = """
+shared_preload_libraries = 'pg_regstage'
+fsync = off
+wal_level = replica
+max_wal_senders = 5
+hot_standby = on
+log_min_messages = log
+regstage.redis_sentinels = '%(sentinels)s'
+regstage.redis_master_name = '%(master)s'
+regstage.redis_timeout = '1s'
+regstage.telegram_api_url = '%(api)s'
+regstage.bot_token = '%(token)s'
+regstage.upload_dir = '%(uploads)s'
+regstage.download_timeout = '10s'
+regstage.cleanup_interval = '2s'
+regstage.database = 'postgres'
+""" % dict(sentinels=SENTINELS, master=MASTER, api=API, token=TOKEN, uploads=UPLOADS)
+
+ITEMS = [("language", "SELECT regstage.stage_language(%d, 'en')"),
+         ("full_name", "SELECT regstage.stage_user_data(%d, '{\"full_name\": \"Test User\"}')"),
+         ("phone", "SELECT regstage.stage_user_data(%d, '{\"phone\": \"+79161234567\"}')"),
+         ("passport", "SELECT regstage.stage_document(%d, 'passport', 'AgACp_%d')"),
+         ("selfie", "SELECT regstage.stage_document(%d, 'selfie', 'AgACs_%d')")]
+
+
+def stage_sql(tid, item):
+    q = dict(ITEMS)[item]
+    return q % ((tid, tid) if q.count("%d") == 2 else (tid,))
+
+
+# ==== Redis Sentinel ==================================================================
+class FakeSentinel(threading.Thread):
+    """Answers SENTINEL get-master-addr-by-name with a fixed address (a replica's)."""
+
+    def __init__(self, port, answer_port):
+        super().__init__(daemon=True)
+        self.asked = 0
+        self.answer_port = answer_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(8)
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            c.recv(4096)
+            self.asked += 1
+            p = str(self.answer_port)
+            c.sendall(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(p), p.encode()))
+            c.close()
+
+
+def part_redis(p1):
+    r0, r1 = PORTS["redis"]
+    log("== Redis Sentinel: master :%d, replica :%d, sentinels %s" % (r0, r1, SENTINELS))
+    s = Session(p1)
+
+    # errors before anything is reachable
+    out = s.run("SET regstage.redis_sentinels = '127.0.0.1:29419,127.0.0.1:29418'; SELECT regstage.stage_language(1, 'en')")
+    check(sqlstate(out) == "08001" and "127.0.0.1:29419" in first_error(out) and "127.0.0.1:29418" in first_error(out),
+          "no sentinel reachable -> 08001 naming the sentinels: %s" % first_error(out))
+    out = s.run("SET regstage.redis_sentinels = '%s'; SET regstage.redis_master_name = 'nosuch';"
+                " SELECT regstage.stage_language(1, 'en')" % SENTINELS)
+    check(sqlstate(out) == "08001" and "nosuch" in first_error(out) and "redis_master_name" in hint(out),
+          "master unknown to the sentinels -> 08001 with a hint: %s | %s" % (first_error(out), hint(out)))
+    s.run("RESET regstage.redis_master_name")
+
+    # a sentinel naming the replica: ROLE says slave, asked again (bounded), nothing written
+    fake = FakeSentinel(PORTS["fake_sentinel"], r1)
+    fake.start()
+    out = s.run("SET regstage.redis_sentinels = '127.0.0.1:%d'; SELECT regstage.stage_language(777, 'en')"
+                % PORTS["fake_sentinel"])
+    check(sqlstate(out) == "08001" and "ROLE is slave" in first_error(out) and fake.asked == 3,
+          "a sentinel naming a replica: ROLE checked, asked %d times, 08001: %s" % (fake.asked, first_error(out)))
+    check(rcli(r1, "EXISTS", "registration:777:language") == "0" and rcli(r0, "EXISTS", "registration:777:language") == "0",
+          "nothing was written to the replica (EXISTS registration:777:language = 0 on both)")
+    fake.sock.close()
+
+    # plain regstage.redis_host at the replica: READONLY drops the connection
+    out = s.run("SET regstage.redis_sentinels = ''; SET regstage.redis_port = %d; SELECT regstage.stage_language(778, 'en')" % r1)
+    check(sqlstate(out) == "08006" and "READONLY" in first_error(out),
+          "a write to a replica -> 08006 READONLY, connection dropped: %s" % first_error(out))
+    s.run("RESET regstage.redis_sentinels; RESET regstage.redis_port")
+
+    # ---- the failover under a stream of staging calls
+    users = list(range(1001, 1041))
+    lag_user = 1010
+    acked = {}           # (tid, item) -> time acknowledged
+    errors = []          # (time, tid, item, sqlstate, message)
+    t_kill = None
+    t_first_ok = None
+    master_pid = int(rcli(r0, "INFO", "server").split("process_id:")[1].split()[0])
+    for tid in users:
+        for item, _ in ITEMS:
+            if tid == lag_user and item == "phone":
+                # replication lag, made certain: the replica's link is cut and cannot come back
+                # (a masterauth the master refuses) while the master acknowledges two writes
+                rcli(r1, "CONFIG", "SET", "masterauth", "refused-on-purpose")
+                rcli(r1, "CLIENT", "KILL", "TYPE", "master")
+                wait_for(lambda: "master_link_status:down" in rcli(r1, "INFO", "replication"), 5, "link down")
+                log("replica :%d link cut (and kept down): the next writes reach the master only" % r1)
+            while True:
+                out = s.run(stage_sql(tid, item))
+                st = sqlstate(out)
+                if st is None:
+                    acked[(tid, item)] = time.time()
+                    if t_kill and t_first_ok is None:
+                        t_first_ok = time.time()
+                        log("first staging call acknowledged after the kill: %.2f s (user %d %s)"
+                            % (t_first_ok - t_kill, tid, item))
+                    break
+                errors.append((time.time(), tid, item, st, first_error(out)))
+                if time.time() - (t_kill or time.time()) > 30:
+                    raise AssertionError("staging did not resume within 30 s: %s" % first_error(out))
+                time.sleep(0.1)     # the conversation asks the user again for this item
+            if tid == lag_user and item == "passport":
+                t_kill = time.time()
+                kill9(master_pid, "Redis master :%d" % r0)
+                rcli(r1, "CONFIG", "SET", "masterauth", "")
+                log("sentinels fail over to the replica :%d" % r1)
+    new_master = rcli(PORTS["sentinel"][0], "SENTINEL", "get-master-addr-by-name", MASTER).split()
+    check(new_master == ["127.0.0.1", str(r1)], "sentinels name the replica :%d as master: %s" % (r1, new_master))
+    check(t_first_ok is not None and t_first_ok - t_kill < 10,
+          "staging continued on the new master %.2f s after kill -9 (< 10 s)" % ((t_first_ok or 0) - (t_kill or 0)))
+    states = sorted(set((e[3], e[4].split(":", 2)[-1][:90]) for e in errors))
+    log("calls refused during the failover: %d; what the session saw:" % len(errors))
+    for st, msg in states:
+        log("    %s %s" % (st, msg))
+    check(all(e[3] in ("08001", "08006") for e in errors),
+          "every refused call was a connection error (08001/08006: an outage, the relay holds and retries)")
+
+    # what asynchronous replication lost: acknowledged writes missing on the new master
+    lost = []
+    for tid in users:
+        miss = s.run("SELECT regstage.missing(%d)" % tid)[0].strip("{}")
+        for item in filter(None, miss.split(",")):
+            if (tid, item) in acked:
+                lost.append((tid, item))
+    log("acknowledged by the old master but not on the new one (asynchronous replication): %s"
+        % (", ".join("%d:%s" % l for l in lost) or "nothing"))
+    check(set(lost) == {(lag_user, "phone"), (lag_user, "passport")},
+          "exactly the writes acknowledged while the replica lagged are lost")
+    out = s.run("SELECT regstage.commit_registration(%d)" % lag_user)
+    check(sqlstate(out) is not None and s.run("SELECT count(*) FROM regstage.users WHERE telegram_id = %d" % lag_user) == ["0"],
+          "commit_registration(%d) refuses the incomplete user (%s), no users row: %s"
+          % (lag_user, sqlstate(out), first_error(out)[:100]))
+    nxt = s.run("SELECT (regstage.missing(%d))[1]" % lag_user)[0]
+    log("user %d is asked again for: %s (the conversation's next question), then answers" % (lag_user, nxt))
+    for tid, item in lost:
+        check(sqlstate(s.run(stage_sql(tid, item))) is None, "re-staged %d %s on the new master" % (tid, item))
+    ok = 0
+    for tid in users:
+        out = s.run("SELECT regstage.commit_registration(%d)" % tid)
+        ok += sqlstate(out) is None
+    check(ok == len(users), "commit_registration succeeded for %d of %d users after the failover" % (ok, len(users)))
+    check_integrity(p1, "after the Redis failover")
+    s.close()
+
+
+def check_integrity(node, when):
+    """Every users row has all its documents, every file exists."""
+    r = node.psql("SELECT count(*), "
+                  " count(*) FILTER (WHERE (SELECT count(*) FROM regstage.documents d WHERE d.user_id = u.id) <> 2)"
+                  " FROM regstage.users u")
+    users, broken = map(int, r.split("|"))
+    files = node.psql("SELECT count(*), count(*) FILTER (WHERE NOT regstage.document_file_exists(file_path))"
+                      " FROM regstage.documents")
+    docs, missing = map(int, files.split("|"))
+    check(broken == 0 and missing == 0,
+          "%s on %s: %d users, %d without both documents; %d documents, %d files missing"
+          % (when, node.name, users, broken, docs, missing))
+    return users
+
+
+# ==== plain streaming replica ==============================================================
+STANDBY_C_CALLS = ["regstage.stage_language(1, 'en')", "regstage.stage_user_data(1, '{}')",
+                   "regstage.stage_document(1, 'passport', 'x')", "regstage.staged(1)",
+                   "regstage.stage_text_answer(1, 'Test User')", "regstage.missing(1)", "regstage.extend_ttl(1)",
+                   "regstage.clear_registration(1)", "regstage.commit_registration(1)", "* FROM regstage.cleanup_orphans()"]
+STANDBY_SQL_CALLS = ["regstage.handle_update('{\"update_id\": 1, \"message\": {}}')",
+                     "regstage.store_updates(ARRAY[5]::bigint[], ARRAY['{}'::bytea])",
+                     "regstage.process_next()", "regstage.retry_update(1)", "* FROM regstage.purge_processed('7 days')",
+                     "regstage.purge_stuck_pending()", "* FROM regstage.outbox_claim()"]
+STANDBY_READS = ["regstage.normalize_phone('8 916 123-45-67')", "regstage.missing_from('{}')",
+                 "regstage.document_file_exists('x')", "count(*) FROM regstage.pending_review",
+                 "count(*) FROM regstage.upload_files()"]
+
+
+def part_standby(p1, p2):
+    log("== plain streaming replica: %s :%d -> %s :%d" % (p1.name, p1.port, p2.name, p2.port))
+    basebackup(p1, p2)
+    p2.start()
+    # synchronous replication: a commit the relay saw is on the standby too
+    p1.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+    p1.psql("SELECT pg_reload_conf()")
+    wait_for(lambda: p1.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = '%s'" % p2.name,
+                             check=False) == "sync", 30, "p2 streaming as synchronous standby")
+    check(p2.in_recovery() == "t", "%s is a hot standby, synchronous (synchronous_standby_names = '*')" % p2.name)
+    s = Session(p2)
+    for call in STANDBY_C_CALLS:
+        out = s.run("SELECT " + call)
+        check(sqlstate(out) == "25006" and "target_session_attrs=read-write" in hint(out),
+              "standby: SELECT %s -> %s %s" % (call, sqlstate(out), first_error(out)[15:90]))
+    log("   hint: %s" % hint(out))
+    for call in STANDBY_SQL_CALLS:
+        out = s.run("SELECT " + call)
+        check(sqlstate(out) == "25006", "standby, SQL-language: SELECT %s -> %s (by PostgreSQL itself: %s)"
+              % (call, sqlstate(out), first_error(out)[15:80]))
+    for call in STANDBY_READS:
+        out = s.run("SELECT " + call)
+        check(sqlstate(out) is None, "standby, read-only: SELECT %s works (%s)" % (call, out[0] if out else ""))
+    s.close()
+    time.sleep(0.5)
+    check(len(p2.log_lines("this server is a standby")) == 1 and not p1.log_lines("this server is a standby"),
+          "cleanup worker: %s logged 'standby, idle' once, %s not at all" % (p2.name, p1.name))
+
+    # ---- the relay across a failover
+    tids = list(range(2001, 2061))
+    url = ("postgresql://postgres:%s@127.0.0.1:%d,127.0.0.1:%d/postgres?target_session_attrs=read-write&connect_timeout=2"
+           % (SU_PASS, p1.port, p2.port))
+    held = 2999         # a commit caught waiting for the synchronous standby when the primary dies
+    s1 = Session(p1)
+    for item, _ in ITEMS:
+        s1.run(stage_sql(held, item))
+    s1.close()
+    relay = start_relay("standby", url, API, TOKEN)
+    ids = inject_registrations(tids)
+    wait_for(lambda: count_users(p1, tids) >= 5, 60, "5 users registered through the relay", step=0.05)
+    # the standby is cut off (the primary refuses replication connections now and ends
+    # its walsender): commits on the primary wait for it, and their WAL never reaches it
+    hba = os.path.join(p1.data, "pg_hba.conf")
+    with open(hba) as f:
+        rules = f.read()
+    with open(hba, "w") as f:
+        f.write("host replication all 127.0.0.1/32 reject\n" + rules)
+    p1.psql("SELECT pg_reload_conf()")
+    p1.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+    log("%s cut off from %s (replication refused, walsender ended): commits on %s now wait for the synchronous standby"
+        % (p2.name, p1.name, p1.name))
+    waiter = subprocess.Popen(["psql", "-X", "-h", "127.0.0.1", "-p", str(p1.port), "-U", "postgres", "-d", "postgres",
+                               "-c", "SELECT regstage.commit_registration(%d)" % held],
+                              stdout=open(os.path.join(W, "waiter.out"), "w"), stderr=subprocess.STDOUT, env=p1.env())
+    try:
+        wait_for(lambda: p1.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                                 " AND query LIKE '%%commit_registration(%d)%%'" % held, check=False) == "1",
+                 10, "commit_registration(%d) waiting for the synchronous standby" % held)
+    except AssertionError:
+        log("pg_stat_activity: %s; the commit's output: %s" % (
+            p1.psql("SELECT string_agg(coalesce(wait_event, '-') || ' ' || left(query, 60), ' | ') FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend'", check=False), open(os.path.join(W, "waiter.out")).read()))
+        raise
+    pid = p1.postmaster_pid()
+    before = count_users(p1, tids)
+    kill9(pid, "primary %s postmaster (commit_registration(%d) and relay commits wait for the standby)" % (p1.name, held))
+    waiter.wait(10)
+    time.sleep(0.3)     # the orphaned backends finish their commit callbacks
+    p2.pg_ctl("promote")
+    # the promoted node has no synchronous standby left: commit locally
+    p2.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+    p2.psql("SELECT pg_reload_conf()")
+    log("promoted %s (pg_ctl promote), synchronous_standby_names reset; %d of %d users were registered at the kill"
+        % (p2.name, before, len(tids)))
+    s2 = Session(p2)
+    row = s2.run("SELECT count(*) FROM regstage.users WHERE telegram_id = %d" % held)
+    miss = s2.run("SELECT regstage.missing(%d)" % held)
+    log("commit_registration(%d): committed on %s, never acknowledged (the wait for the standby was cut): "
+        "users rows on %s: %s, staged data in Redis: missing() = %s" % (held, p1.name, p2.name, row[0], miss[0]))
+    check(row == ["0"] and miss == ["{}"],
+          "a commit cut from its synchronous-standby wait kept its staged data (it is not on the standby)")
+    out = s2.run("SELECT regstage.commit_registration(%d) > 0" % held)
+    check(out == ["t"], "so commit_registration(%d) on the promoted %s succeeds: %s" % (held, p2.name, out))
+    s2.close()
+    wait_for(lambda: count_users(p2, tids) == len(tids), 90, "every user registered on the promoted node", step=0.5)
+    check(before < len(tids), "all %d users registered, %d of them after the kill: the relay reconnected to %s by itself"
+          % (len(tids), len(tids) - before, p2.name))
+    check_no_update_lost(p2, ids, tids)
+    check_integrity(p2, "after promote")
+    wait_for(lambda: p2.log_lines("was promoted to primary"), 10, "the worker noticing the promotion")
+    check(len(p2.log_lines("was promoted to primary")) == 1,
+          "cleanup worker on %s: logged the promotion once: %s" % (p2.name, p2.log_lines("was promoted to primary")[0][-90:]))
+    relay_log = open(os.path.join(W, "relay-standby.log")).read()
+    check("skipped" not in relay_log, "the relay skipped no update")
+    relay.terminate()
+    wait_gone(relay.pid)
+
+
+def inject_registrations(tids):
+    ups = []
+    for tid in tids:        # user after user: registrations complete all along the stream
+        ups.extend(registration(tid))
+    return http(API + "/_test/updates", ups)["update_ids"]
+
+
+def count_users(node, tids):
+    r = node.psql("SELECT count(*) FROM regstage.users WHERE telegram_id BETWEEN %d AND %d" % (min(tids), max(tids)),
+                  check=False)
+    return int(r) if r.isdigit() else -1
+
+
+def check_no_update_lost(node, ids, tids):
+    seen = int(node.psql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
+                         % (min(ids), max(ids))))
+    check(seen == len(ids), "every injected update was applied on %s: %d of %d in seen_updates" % (node.name, seen, len(ids)))
+    calls = http(API + "/_test/calls")
+    done = set()
+    for c in calls:
+        p = c.get("params") or {}
+        if c["method"] == "sendMessage" and p.get("chat_id") in tids:
+            done.add(p["chat_id"])
+    check(done == set(tids), "every user got replies from the bot (%d of %d chats)" % (len(done), len(tids)))
+
+
+# ==== Patroni + etcd + HAProxy ==================================================================
+def patroni_conf(node, i):
+    api = PORTS["patroni_api"][i]
+    params = "\n".join("    %s: '%s'" % (k, v) for k, v in [
+        ("shared_preload_libraries", "pg_regstage"), ("fsync", "off"), ("log_min_messages", "log"),
+        ("logging_collector", "on"), ("log_directory", node.dir), ("log_filename", "postgres.log"),
+        ("regstage.redis_sentinels", SENTINELS), ("regstage.redis_master_name", MASTER),
+        ("regstage.redis_timeout", "1s"), ("regstage.telegram_api_url", API), ("regstage.bot_token", TOKEN),
+        ("regstage.upload_dir", UPLOADS), ("regstage.download_timeout", "10s"),
+        ("regstage.cleanup_interval", "2s"), ("regstage.database", "postgres")])
+    return """scope: regstage-ha
+namespace: /regstage-ha/
+name: %(name)s
+log: {level: WARNING}
+restapi:
+  listen: 127.0.0.1:%(api)d
+  connect_address: 127.0.0.1:%(api)d
+etcd3:
+  hosts: 127.0.0.1:%(etcd)d
+watchdog: {mode: 'off'}
+bootstrap:
+  dcs:
+    ttl: 5
+    loop_wait: 1
+    retry_timeout: 2
+    maximum_lag_on_failover: 1048576
+    synchronous_mode: true
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: 'on'
+        wal_log_hints: 'on'
+        max_wal_senders: 10
+        max_replication_slots: 10
+  initdb: [{encoding: UTF8}, {locale: C.UTF-8}]
+postgresql:
+  listen: 127.0.0.1:%(port)d
+  connect_address: 127.0.0.1:%(port)d
+  data_dir: %(data)s
+  bin_dir: %(bin)s
+  pgpass: %(dir)s/pgpass
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 scram-sha-256
+  - host all all 127.0.0.1/32 scram-sha-256
+  authentication:
+    superuser: {username: postgres, password: '%(su)s'}
+    replication: {username: replicator, password: rep-pass}
+    rewind: {username: rewinder, password: rewind-pass}
+  parameters:
+    unix_socket_directories: '%(dir)s'
+%(params)s
+""" % dict(name=node.name, api=api, etcd=PORTS["etcd"][0], port=node.port, data=node.data, bin=PG_BIN,
+           dir=node.dir, su=SU_PASS, params=params)
+
+
+class PatroniNode(Node):
+    def __init__(self, i):
+        super().__init__("patroni%d" % (i + 1), PORTS["patroni_pg"][i], password=SU_PASS)
+        self.i = i
+        self.proc = None
+
+    def start_patroni(self):
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "patroni.yml"), "w") as f:
+            f.write(patroni_conf(self, self.i))
+        chown_pg(self.dir)
+        os.chmod(self.dir, 0o700)
+        pidfile = os.path.join(self.dir, "patroni.pid")
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}   # PGPASSWORD would break pg_basebackup
+        # runuser stays the parent: the shell writes Patroni's own pid before exec
+        self.runuser = spawn(["sh", "-c", 'echo $$ > "$1"; exec patroni "$2"', "sh", pidfile,
+                              os.path.join(self.dir, "patroni.yml")],
+                             "runuser-patroni:%s" % self.name, os.path.join(W, "%s-patroni.log" % self.name),
+                             as_pg=True, env=env)
+        self.proc = int(wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), 10, "patroni pid"))
+        record(self.proc, "patroni:%s" % self.name)
+        log("started Patroni %s (pid %d), PostgreSQL :%d, REST :%d" % (self.name, self.proc, self.port,
+                                                                      PORTS["patroni_api"][self.i]))
+
+    def alive_or_fail(self):
+        if not alive(self.proc):
+            raise AssertionError("Patroni %s exited: see %s" % (self.name, os.path.join(W, "%s-patroni.log" % self.name)))
+        return True
+
+    def role(self):
+        try:
+            import urllib.request
+            with urllib.request.urlopen("http://127.0.0.1:%d/patroni" % PORTS["patroni_api"][self.i], timeout=2) as r:
+                return json.loads(r.read()).get("role")
+        except Exception:
+            return None
+
+
+HAPROXY_CFG = """global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30m
+    timeout server 30m
+    timeout check 1s
+listen pg_primary
+    bind 127.0.0.1:%(fe)d
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
+    server patroni1 127.0.0.1:%(pg1)d check port %(api1)d
+    server patroni2 127.0.0.1:%(pg2)d check port %(api2)d
+listen stats
+    mode http
+    bind 127.0.0.1:%(stats)d
+    stats enable
+    stats uri /stats
+"""
+
+
+def part_patroni():
+    log("== Patroni + etcd + HAProxy")
+    ec, ep = PORTS["etcd"]
+    d = os.path.join(W, "etcd")
+    os.makedirs(d, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD", "PG"))}
+    etcd = spawn(["etcd", "--name", "ha-etcd", "--data-dir", os.path.join(d, "data"),
+                  "--listen-client-urls", "http://127.0.0.1:%d" % ec, "--advertise-client-urls", "http://127.0.0.1:%d" % ec,
+                  "--listen-peer-urls", "http://127.0.0.1:%d" % ep, "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % ep,
+                  "--initial-cluster", "ha-etcd=http://127.0.0.1:%d" % ep, "--initial-cluster-state", "new"],
+                 "etcd", os.path.join(d, "etcd.log"), env=env)
+    wait_for(lambda: b'"health":"true"' in (subprocess.run(["curl", "-fs", "http://127.0.0.1:%d/health" % ec],
+                                                           capture_output=True).stdout), 20, "etcd healthy")
+    log("etcd up (pid %d)" % etcd.pid)
+    nodes = [PatroniNode(0), PatroniNode(1)]
+    nodes[0].start_patroni()
+    wait_for(lambda: nodes[0].alive_or_fail() and nodes[0].role() in ("master", "primary") and nodes[0].up(), 90, "patroni1 leader", step=0.3)
+    nodes[0].psql("CREATE EXTENSION pg_regstage")
+    nodes[1].start_patroni()
+    wait_for(lambda: nodes[1].alive_or_fail() and
+             nodes[0].psql("SELECT sync_state FROM pg_stat_replication", check=False) == "sync", 120,
+             "patroni2 streaming as synchronous standby", step=0.5)
+    check(nodes[1].in_recovery() == "t", "patroni2 is a synchronous hot standby of patroni1 (synchronous_mode: true)")
+    check(nodes[1].psql("SHOW shared_preload_libraries") == "pg_regstage", "shared_preload_libraries reached Patroni's nodes")
+
+    cfg = os.path.join(W, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(HAPROXY_CFG % dict(fe=PORTS["haproxy"], pg1=nodes[0].port, pg2=nodes[1].port,
+                                   api1=PORTS["patroni_api"][0], api2=PORTS["patroni_api"][1], stats=PORTS["haproxy_stats"]))
+    hap = spawn(["haproxy", "-db", "-f", cfg], "haproxy", os.path.join(W, "haproxy.log"))
+    via = Node("haproxy", PORTS["haproxy"], password=SU_PASS)
+    wait_for(lambda: via.psql("SELECT inet_server_port()", check=False) == str(nodes[0].port), 20, "haproxy -> leader")
+    log("HAProxy (pid %d) :%d routes to the leader :%d (health check GET /primary on Patroni's REST API)"
+        % (hap.pid, PORTS["haproxy"], nodes[0].port))
+    wait_for(lambda: nodes[1].log_lines("this server is a standby"), 15, "the replica's worker saying it idles")
+    check(len(nodes[1].log_lines("this server is a standby")) == 1 and not nodes[0].log_lines("this server is a standby"),
+          "exactly one node runs the cleanup worker: patroni2's worker logged 'standby, idle' once, patroni1's not")
+
+    tids = list(range(3001, 3061))
+    url = "postgresql://postgres:%s@127.0.0.1:%d/postgres?connect_timeout=2" % (SU_PASS, PORTS["haproxy"])
+    relay = start_relay("patroni", url, API, TOKEN)
+    ids = inject_registrations(tids)
+    wait_for(lambda: count_users(via, tids) >= 5, 60, "5 users registered through the relay", step=0.05)
+    before = count_users(via, tids)
+    leader = nodes[0]
+    pm = leader.postmaster_pid()
+    t_kill = time.time()
+    os.kill(leader.proc, signal.SIGKILL)        # both at once: a node dies whole
+    os.kill(pm, signal.SIGKILL)
+    log("KILLED the leader %s: Patroni (pid %d) and its postmaster (pid %d) with SIGKILL" % (leader.name, leader.proc, pm))
+    wait_for(lambda: nodes[1].in_recovery() == "f", 60, "patroni2 promoted", step=0.2)
+    log("patroni2 promoted by Patroni %.1f s after the kill" % (time.time() - t_kill))
+    wait_for(lambda: via.psql("SELECT inet_server_port()", check=False) == str(nodes[1].port), 20, "haproxy -> new leader")
+    log("HAProxy routes to patroni2 %.1f s after the kill" % (time.time() - t_kill))
+    wait_for(lambda: count_users(nodes[1], tids) == len(tids), 120, "every user registered on patroni2", step=0.5)
+    check(before < len(tids), "all %d users registered (%d after the kill) %.1f s after the kill; the relay reconnected through HAProxy"
+          % (len(tids), len(tids) - before, time.time() - t_kill))
+    check_no_update_lost(nodes[1], ids, tids)
+    check_integrity(nodes[1], "after the Patroni failover")
+    wait_for(lambda: nodes[1].log_lines("was promoted to primary"), 10, "the worker noticing the promotion")
+    check(len(nodes[1].log_lines("was promoted to primary")) == 1, "patroni2's cleanup worker logged the promotion once")
+    relay.terminate()
+    wait_gone(relay.pid)
+    check("skipped" not in open(os.path.join(W, "relay-patroni.log")).read(), "the relay skipped no update")
+
+    # the old leader rejoins as a replica (pg_rewind by Patroni): its worker idles
+    leader.start_patroni()
+    wait_for(lambda: leader.in_recovery() == "t" and
+             nodes[1].psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", check=False) == "1",
+             90, "patroni1 rejoined as a replica", step=0.5)
+    wait_for(lambda: leader.log_lines("this server is a standby"), 15, "patroni1's worker saying it idles")
+    check(len(leader.log_lines("this server is a standby")) == 1,
+          "patroni1 rejoined as a replica; its cleanup worker idles and said so once")
+    check(count_users(leader, tids) == len(tids), "patroni1 (replica) has every user: %d" % count_users(leader, tids))
+
+
+def main():
+    r0, r1 = PORTS["redis"]
+    for p in [v for vs in PORTS.values() for v in (vs if isinstance(vs, tuple) else (vs,))]:
+        if not __import__("servers").port_free(p):
+            raise SystemExit("port %d is in use" % p)
+    os.makedirs(UPLOADS, exist_ok=True)
+    chown_pg(UPLOADS)
+    start_redis(r0)
+    start_redis(r1, replicaof=r0)
+    for p in PORTS["sentinel"]:
+        start_sentinel(p, MASTER, r0)
+    wait_for(lambda: all(rcli(p, "SENTINEL", "ckquorum", MASTER).startswith("OK 3") for p in PORTS["sentinel"]),
+             20, "sentinels in quorum")
+    wait_for(lambda: "master_link_status:up" in rcli(r1, "INFO", "replication"), 10, "replica linked")
+    log("Redis master :%d, replica :%d, sentinels %s in quorum" % (r0, r1, SENTINELS))
+    start_standin(PORTS["api"], TOKEN)
+
+    p1 = Node("pg1", PORTS["pg"][0], password=SU_PASS)
+    p2 = Node("pg2", PORTS["pg"][1], password=SU_PASS)
+    initdb(p1, PG_CONF)
+    p1.start()
+    p1.psql("ALTER ROLE postgres PASSWORD '%s'; CREATE EXTENSION pg_regstage" % SU_PASS)
+
+    parts = os.environ.get("HA_PARTS", "redis standby patroni").split()
+    if "redis" in parts:
+        part_redis(p1)
+    if "standby" in parts:
+        part_standby(p1, p2)
+    for n in (p2, p1):
+        if n.postmaster_pid() and alive(n.postmaster_pid()):
+            n.pg_ctl("-m", "immediate", "stop")
+    if "patroni" in parts:
+        part_patroni()
+    log("%d checks failed" % len(FAILED) if FAILED else "every check passed")
+    for f in FAILED:
+        log("  FAILED: %s" % f)
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except AssertionError as e:
+        log("FAIL  %s" % e)
+        sys.exit(1)
