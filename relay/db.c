@@ -51,6 +51,24 @@ db_error_line(const char *msg, char *buf, size_t buflen)
 	buf[strcspn(buf, "\n")] = '\0';
 }
 
+/*
+ * Is conn a working connection to a server that takes writes?  A standby
+ * (a failover demoted it, or DATABASE_URL names one) refuses every write
+ * with 25006: drop it, so the next connect — a multi-host URI with
+ * target_session_attrs=read-write — finds the primary.  PostgreSQL reports
+ * in_hot_standby to the client on every change.
+ */
+bool
+db_usable(PGconn *conn)
+{
+	const char *standby;
+
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return false;
+	standby = PQparameterStatus(conn, "in_hot_standby");
+	return standby == NULL || strcmp(standby, "on") != 0;
+}
+
 void
 db_drop(PGconn **conn)
 {
@@ -64,11 +82,11 @@ db_try(PGconn **conn, const char *channel, const char *who)
 {
 	char		msg[512];
 
-	if (*conn && PQstatus(*conn) == CONNECTION_OK)
+	if (db_usable(*conn))
 		return *conn;
 	db_drop(conn);
 	*conn = connect_db();
-	if (*conn && PQstatus(*conn) == CONNECTION_OK)
+	if (db_usable(*conn))
 	{
 		PGresult   *res;
 		char		q[64];
@@ -85,6 +103,8 @@ db_try(PGconn **conn, const char *channel, const char *who)
 		db_error_line(PQresultErrorMessage(res), msg, sizeof(msg));
 		PQclear(res);
 	}
+	else if (*conn && PQstatus(*conn) == CONNECTION_OK)
+		snprintf(msg, sizeof(msg), "the server is a standby (read-only); use target_session_attrs=read-write with every host in DATABASE_URL");
 	else
 		db_error_line(PQerrorMessage(*conn), msg, sizeof(msg));
 	relay_log(LOG_ERROR, "%s: database unavailable (retrying): %s", who, msg);

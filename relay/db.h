@@ -21,6 +21,9 @@ PGconn	   *db_ensure(PGconn **conn, const char *channel, const char *who);
 /* One attempt, no waiting: a working connection or NULL (logged). */
 PGconn	   *db_try(PGconn **conn, const char *channel, const char *who);
 
+/* A working connection to a server that takes writes (not a standby). */
+bool		db_usable(PGconn *conn);
+
 /* Forget a connection that failed (the next db_ensure makes a new one). */
 void		db_drop(PGconn **conn);
 

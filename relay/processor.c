@@ -60,7 +60,7 @@ processor_main(void *arg)
 			relay_log(LOG_ERROR, "%s: process_next failed (%s), retrying: %s", who,
 					  state ? state : "connection", msg);
 			PQclear(res);
-			if (PQstatus(conn) != CONNECTION_OK)
+			if (!db_usable(conn))
 				db_drop(&conn);
 			relay_sleep_ms(relay_backoff_ms(250, failures++));
 		}

@@ -77,7 +77,7 @@ store(PGconn **conn, Batch *b)
 			return true;
 		}
 		relay_log(LOG_ERROR, "receiver: store_updates failed (batch held, retrying): %s", err);
-		if (PQstatus(*conn) != CONNECTION_OK)
+		if (!db_usable(*conn))
 			db_drop(conn);
 		if (!relay_sleep_ms(relay_backoff_ms(250, failures++)))
 			return false;

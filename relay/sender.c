@@ -259,7 +259,7 @@ sender_main(void *arg)
 			nanosleep(&ts, NULL);
 			continue;
 		}
-		if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		if (!db_usable(conn))
 		{
 			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)
 			{
@@ -285,7 +285,7 @@ sender_main(void *arg)
 			{
 				if (!report(conn, &slots[i]))
 				{
-					if (PQstatus(conn) != CONNECTION_OK)
+					if (!db_usable(conn))
 						db_drop(&conn);
 					break;
 				}
@@ -304,7 +304,7 @@ sender_main(void *arg)
 
 				last_claim = relay_now_ms();
 				want_claim = n == room;	/* there may be more */
-				if (n < 0 && PQstatus(conn) != CONNECTION_OK)
+				if (n < 0 && !db_usable(conn))
 					db_drop(&conn);
 				if (n == 0 && draining && count(SLOT_SENDING) == 0 && count(SLOT_REPORTING) == 0)
 					break;		/* nothing due is left */

@@ -162,7 +162,7 @@ store(const char *body, size_t len, int64_t id)
 	char		err[512];
 	int			stored;
 
-	if (db == NULL || PQstatus(db) != CONNECTION_OK)
+	if (!db_usable(db))
 	{
 		if (relay_now_ms() < next_connect_at)
 			return 503;
@@ -174,7 +174,7 @@ store(const char *body, size_t len, int64_t id)
 	if (stored < 0)
 	{
 		relay_log(LOG_ERROR, "webhook: store_updates failed for update %lld, answered 503: %s", (long long) id, err);
-		if (PQstatus(db) != CONNECTION_OK)
+		if (!db_usable(db))
 			db_drop(&db);
 		return 503;
 	}

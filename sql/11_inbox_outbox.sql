@@ -102,7 +102,7 @@ UPDATE regstage.inbox SET next_attempt_at = now() WHERE update_id IN (3020, 3030
 SELECT regstage_test.drain() AS handled;
 SELECT update_id, status, attempts, sqlstate FROM regstage.inbox WHERE update_id IN (3020, 3030) ORDER BY 1;
 DROP TRIGGER poison ON regstage.seen_updates;
-SELECT s, regstage.is_outage(s) FROM unnest(ARRAY['08006', '28000', '40001', '53100', '57P01', '58030',
+SELECT s, regstage.is_outage(s) FROM unnest(ARRAY['08006', '28000', '40001', '53100', '57P01', '58030', '25006',
 	'57014', 'XX000', '22023', '38000', '42501', '55000', '23505']) s;
 RESET regstage.max_attempts;
 

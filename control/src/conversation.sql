@@ -96,6 +96,7 @@ $$;
 --   08 connection (Redis, Bot API, PostgreSQL)   28 Redis refused our password
 --   40 serialization failure, deadlock            53 disk full, out of memory
 --   57 operator intervention (shutdown ...)       58 I/O error, upload_dir missing
+--   25006 a standby refused a write (reconnect to the primary)
 -- Not outages: 57014 (statement_timeout or cancel: that update was too slow,
 -- it counts as a failed attempt) and XX (an internal error is a bug, not a
 -- reason to retry forever).
@@ -103,6 +104,8 @@ CREATE OR REPLACE FUNCTION regstage.is_outage(sqlstate text)
 RETURNS boolean LANGUAGE sql IMMUTABLE STRICT AS $$
 	SELECT left(sqlstate, 2) IN ('08', '28', '40', '53', '58')
 		OR (left(sqlstate, 2) = '57' AND sqlstate <> '57014')
+		OR sqlstate = '25006'
+
 $$;
 
 -- Not a usable photo/file at a document step: a hint, then the same question.
