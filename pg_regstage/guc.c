@@ -16,6 +16,7 @@
 #include "utils/varlena.h"
 
 #include "guc.h"
+#include "s3.h"
 
 char	   *regstage_redis_host = NULL;
 int			regstage_redis_port = 6379;
@@ -238,5 +239,6 @@ regstage_define_gucs(void)
 							   NULL, &regstage_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	s3_define_gucs();
 	MarkGUCPrefixReserved("regstage");
 }
