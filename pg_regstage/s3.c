@@ -1079,7 +1079,7 @@ s3_upload_check_input(S3Upload *u)
 {
 	if (u->too_long)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("S3 PUT of \"%s\" was offered more than its " INT64_FORMAT " bytes",
 						u->call.object_key, u->content_length),
 				 errhint("The source delivered more bytes than it announced; nothing was stored.")));
@@ -1097,7 +1097,7 @@ s3_upload_finish(S3Upload *u, CURLcode result)
 	s3_upload_check_input(u);
 	if (u->short_input)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
+				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("S3 PUT of \"%s\" got " INT64_FORMAT " of its " INT64_FORMAT " bytes",
 						c->object_key, u->offered, u->content_length),
 				 errhint("The source ended early; the object store discards an incomplete PUT.")));
