@@ -140,6 +140,9 @@ class Handler(BaseHTTPRequestHandler):
         path, _, raw_query = self.path.partition("?")
         n = int(self.headers.get("Content-Length") or 0)
         payload = self.rfile.read(n) if n else b""
+        if len(payload) != n:           # the client gave up mid-body: S3 stores nothing
+            self.close_connection = True
+            return
         head = self.command == "HEAD"
         entry = {"method": self.command, "path": path, "query": raw_query,
                  "if_none_match": self.headers.get("If-None-Match"),

@@ -49,7 +49,9 @@ chmod 0600 "$W/keys/secret"
 printf '%s\n' "$SECRET" > "$W/standin-secret"	# the stand-in's copy (root only)
 chmod 0600 "$W/standin-secret"
 
-node "$S3RVER_DIR/node_modules/s3rver/bin/s3rver.js" -d "$W/s3rver-data" -a 127.0.0.1 -p $S3RVER_PORT \
+# s3rver makes ListObjectsV2 continuation tokens with DES: OpenSSL 3 has it
+# only in its legacy provider
+node --openssl-legacy-provider "$S3RVER_DIR/node_modules/s3rver/bin/s3rver.js" -d "$W/s3rver-data" -a 127.0.0.1 -p $S3RVER_PORT \
 	--no-vhost-buckets --configure-bucket docs >"$W/s3rver.log" 2>&1 &
 echo $! > "$W/s3rver.pid"
 python3 "$SRC/test/s3/s3_standin.py" --port $STANDIN_PORT --access-key S3RVER \
