@@ -20,7 +20,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 ifeq ($(WERROR),1)
 PG_CFLAGS += -Werror
 endif
-SHLIB_LINK = -lhiredis -lcurl
+SHLIB_LINK = -lhiredis -lcurl -lcrypto
 
 # The install script of each release is built from the parts in control/src/
 # (one file per concern); an upgrade script is its own changes to the tables

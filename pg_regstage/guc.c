@@ -27,6 +27,7 @@
 
 #include "guc.h"
 #include "redis.h"
+#include "s3.h"
 
 char	   *regstage_redis_host = NULL;
 int			regstage_redis_port = 6379;
@@ -623,5 +624,6 @@ regstage_define_gucs(void)
 							   NULL, &regstage_redis_master_name, "mymaster",
 							   PGC_SUSET, 0, check_redis_master_name, NULL, NULL);
 
+	s3_define_gucs();
 	MarkGUCPrefixReserved("regstage");
 }

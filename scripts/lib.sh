@@ -9,7 +9,8 @@ export PG_CONFIG
 
 REGSTAGE_PACKAGES="make gcc postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-cron
  libhiredis-dev libcurl4-openssl-dev libssl-dev openssl libjansson-dev libpq-dev redis-server redis-tools
- libipc-run-perl python3 procps curl time clang libclang-rt-14-dev"
+ libipc-run-perl python3 procps curl time clang libclang-rt-14-dev
+ redis-sentinel patroni etcd-server etcd-client haproxy"
 
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
@@ -19,6 +20,10 @@ ensure_packages() {
 	for p in $REGSTAGE_PACKAGES; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 	done
+	# the S3 suite's server (s3rver) runs on Node; a Node from elsewhere
+	# (nodesource bundles npm) is as good as Debian's
+	command -v node >/dev/null || missing+=(nodejs)
+	command -v npm >/dev/null || missing+=(npm)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "missing Debian packages; install them as root:" >&2

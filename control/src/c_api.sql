@@ -64,3 +64,8 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_cleanup_orphans';
 CREATE OR REPLACE FUNCTION regstage.document_file_exists(file_path text)
 RETURNS boolean LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'regstage_document_file_exists';
 
+
+-- Object storage: a probe a superuser runs to check the settings and the
+-- bucket policy (PUT, HEAD, LIST, a presigned GET, DELETE of one object).
+CREATE OR REPLACE FUNCTION regstage.s3_check()
+RETURNS text LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_s3_check';

@@ -121,3 +121,4 @@ COMMENT ON FUNCTION regstage.answer_document_request(bigint, bigint, bigint, tex
 COMMENT ON FUNCTION regstage.record_started(bigint) IS 'records a registration start for regstage.stats (once per 10 minutes a user)';
 COMMENT ON FUNCTION regstage.greet(bigint, bigint, text) IS 'conversation: the greeting for someone with nothing staged (records the start)';
 COMMENT ON FUNCTION regstage.purge_rejected() IS 'deletes the documents of users rejected longer than regstage.rejected_retention ago; logs no names or phones';
+COMMENT ON FUNCTION regstage.s3_check() IS 'superuser: PUTs, HEADs, LISTs, fetches by a presigned URL and DELETEs a probe object; names the step that fails';

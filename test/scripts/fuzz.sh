@@ -21,6 +21,7 @@ fuzz_phone        | pg_regstage/inputcheck.c                      |
 fuzz_full_name    | pg_regstage/inputcheck.c                      |
 fuzz_ids          | pg_regstage/inputcheck.c                      |
 fuzz_tgfile       | pg_regstage/tgfile.c                          |
+fuzz_s3_xml       | pg_regstage/s3_xml.c                          |
 fuzz_relay_parse  | relay/telegram.c relay/log.c                   | -lcurl -ljansson -lpthread
 fuzz_relay_scan   | relay/scan.c relay/log.c                       | -ljansson -lpthread
 fuzz_relay_redact | relay/log.c                                   | -lpthread
