@@ -1472,6 +1472,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_check);
 Datum
 regstage_s3_check(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	const char *step = "configuration";
 	ErrorContextCallback ctx;
 	char	   *key = s3_document_key(0, "probe");
@@ -1534,6 +1535,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_put);
 Datum
 regstage_s3_put(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	bytea	   *data = PG_GETARG_BYTEA_PP(1);
 
@@ -1547,6 +1549,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_head);
 Datum
 regstage_s3_head(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	int64		size;
 
 	require_superuser("regstage_s3_head");
@@ -1560,6 +1563,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_delete);
 Datum
 regstage_s3_delete(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	require_superuser("regstage_s3_delete");
 	s3_delete(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
@@ -1570,6 +1574,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_presign);
 Datum
 regstage_s3_presign(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	require_superuser("regstage_s3_presign");
 	PG_RETURN_TEXT_P(cstring_to_text(s3_presign_get(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 													PG_GETARG_INT32(1))));
@@ -1584,6 +1589,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_list);
 Datum
 regstage_s3_list(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	int			max_keys = PG_GETARG_INT32(1);
@@ -1664,6 +1670,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_stream_put);
 Datum
 regstage_s3_stream_put(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *source_url = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	int64		size = PG_GETARG_INT64(2);
@@ -1768,6 +1775,7 @@ PG_FUNCTION_INFO_V1(regstage_s3_document_key);
 Datum
 regstage_s3_document_key(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();
 	PG_RETURN_TEXT_P(cstring_to_text(s3_document_key(PG_GETARG_INT64(0),
 													 text_to_cstring(PG_GETARG_TEXT_PP(1)))));
 }
