@@ -167,8 +167,15 @@ SELECT regstage_test.run(regstage_test.text(12106, 120002, 'which ones?', 'en'))
 SELECT regstage_test.run(regstage_test.photo(12107, 120002, 'AgACpassport120002c'));
 SELECT regstage_test.run(regstage_test.message(12108, 120002, '{"sticker": {"file_id": "CAACstk"}}'));
 SELECT regstage.staged(120002)->'documents' AS staged_documents;
+-- the last one: replace_documents() swaps the new files in (one transaction)
+-- and the review goes to the admins again
+SELECT d.doc_type, d.file_path AS old_path INTO TEMP old_docs FROM regstage.documents d WHERE d.user_id = :u2;
 SELECT regstage_test.run(regstage_test.photo(12109, 120002, 'AgACselfie120002c'));
 SELECT regstage.staged(120002)->'documents' AS staged_documents;
+SELECT d.doc_type, d.telegram_file_id, d.file_path <> o.old_path AS new_file,
+	   regstage.document_file_exists(d.file_path) AS new_on_disk,
+	   regstage.document_file_exists(o.old_path) AS old_on_disk
+  FROM regstage.documents d JOIN old_docs o USING (doc_type) WHERE d.user_id = :u2 ORDER BY 1;
 SELECT received_at IS NOT NULL AS received FROM regstage.document_requests WHERE user_id = :u2;
 SELECT regstage_test.run(regstage_test.text(12110, 120002, '/status', 'en'));
 -- the review is still open; approving it closes the request

@@ -664,17 +664,19 @@ def _():
     tid = new_tid()
     stage(tid)
     s = env.session()
-    s.run("SET regstage.redis_timeout = '30s'")        # the post-commit DEL may wait this long
+    s.run("SET regstage.redis_timeout = '30s'")        # the post-commit DEL waits min(this, 1 s)
     begin_commit(s, tid)
     watcher = env.session()
     check(redis_cli("CLIENT", "PAUSE", "30000", "WRITE") == "OK", "CLIENT PAUSE")
     try:
         s.send("COMMIT")
 
+        # the after-commit DEL waits in poll() (no wait event) for at most 1 s:
+        # the row visible to others while the backend is still in its COMMIT
         def past_commit_record_waiting_on_redis():
-            row = watcher.run("SELECT (SELECT count(*) FROM regstage.users WHERE telegram_id = %d), wait_event_type, "
+            row = watcher.run("SELECT (SELECT count(*) FROM regstage.users WHERE telegram_id = %d), state, "
                               "query LIKE 'COMMIT%%' FROM pg_stat_activity WHERE pid = %s" % (tid, s.pid))
-            return row == ["1|Extension|t"]
+            return row == ["1|active|t"]
         wait_for(past_commit_record_waiting_on_redis, 10, "COMMIT of %d visible, its backend waiting on Redis" % tid)
         check(redis_cli("EXISTS", "registration:%d:language" % tid, "registration:%d:data" % tid,
                         "registration:%d:documents" % tid) == "3", "the staged keys were cleared before the kill")
