@@ -361,7 +361,7 @@ for label, selfie, code, what in [
     case("commit: " + label, what + " -> %s, no rows, no files, staged data kept" % code)(run)
 
 
-@case("commit: upload_dir not writable", "the seed's Permission denied: 42501 naming the directory; nothing written")
+@case("commit: upload_dir not writable", "Permission denied on the upload directory: 42501 naming it; nothing written")
 def _():
     tid = new_tid()
     stage(tid)
@@ -1023,7 +1023,7 @@ def _():
     invariants()
 
 
-@case("logging: the seed's events", "download started/finished with size, documents saved, committed with user id, Redis cleared; no name or phone")
+@case("logging: the registration's events", "download started/finished with size, documents saved, committed with user id, Redis cleared; no name or phone")
 def _():
     tid = new_tid()
     offset = os.path.getsize(env.pg_log)
