@@ -28,7 +28,7 @@
 #include "telegram.h"
 
 #define IDLE_WAIT_MS 1000
-#define DRAIN_MAX_MS 10000		/* at stop, calls still due are sent this long */
+#define DRAIN_MAX_MS 5000		/* at stop, calls still due are sent this long; the rest wait in the outbox */
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 
 typedef enum
