@@ -38,6 +38,9 @@ TOKEN = os.environ["HA_TOKEN"]
 SU_PASS = os.environ["HA_SU_PASS"]
 API = "http://127.0.0.1:%d" % PORTS["api"]
 UPLOADS = os.path.join(W, "uploads")
+# the Patroni cluster is another cluster (its own system identifier): an
+# upload directory of its own (one cluster's database per directory)
+UPLOADS_PATRONI = os.path.join(W, "uploads-patroni")
 FAILED = []
 
 
@@ -418,7 +421,7 @@ def patroni_conf(node, i):
         ("logging_collector", "on"), ("log_directory", node.dir), ("log_filename", "postgres.log"),
         ("regstage.redis_sentinels", SENTINELS), ("regstage.redis_master_name", MASTER),
         ("regstage.redis_timeout", "1s"), ("regstage.telegram_api_url", API), ("regstage.bot_token", TOKEN),
-        ("regstage.upload_dir", UPLOADS), ("regstage.download_timeout", "10s"),
+        ("regstage.upload_dir", UPLOADS_PATRONI), ("regstage.download_timeout", "10s"),
         ("regstage.cleanup_interval", "2s"), ("regstage.database", "postgres")])
     return """scope: regstage-ha
 namespace: /regstage-ha/
@@ -612,8 +615,9 @@ def main():
     for p in [v for vs in PORTS.values() for v in (vs if isinstance(vs, tuple) else (vs,))]:
         if not __import__("servers").port_free(p):
             raise SystemExit("port %d is in use" % p)
-    os.makedirs(UPLOADS, exist_ok=True)
-    chown_pg(UPLOADS)
+    for d in (UPLOADS, UPLOADS_PATRONI):
+        os.makedirs(d, exist_ok=True)
+        chown_pg(d)
     start_redis(r0)
     start_redis(r1, replicaof=r0)
     for p in PORTS["sentinel"]:
