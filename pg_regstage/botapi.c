@@ -7,7 +7,13 @@
  * All documents of a registration run concurrently on one curl multi
  * handle; each moves to its download as soon as its getFile answers.
  * Content is streamed into the caller's file descriptor, hashed on the
- * way, and never held in memory.
+ * way, and never held in memory.  With an S3 key instead, the download
+ * feeds a PUT on the same multi through the upload's bounded buffer
+ * (s3.h): the write callback offers each chunk and returns what the upload
+ * says (taken, pause, refuse); after every curl_multi_perform the loop
+ * resumes whichever side can go on.  A document is done when both its
+ * download and its PUT are; the PUT's Content-Length is getFile's
+ * file_size, so a download that ends short or runs long stores nothing.
  *
  * The token comes from regstage.bot_token_file or regstage.bot_token, read
  * once per call of botapi_fetch_files.  Requests go through the proxy of
@@ -35,6 +41,7 @@
 
 #include "botapi.h"
 #include "guc.h"
+#include "s3.h"
 #include "tgfile.h"
 
 #define GETFILE_BODY_MAX 65536
@@ -72,6 +79,9 @@ typedef struct Transfer
 	int			write_errno;
 	bool		too_big;
 	pg_cryptohash_ctx *sha;
+	S3Upload   *upload;			/* the PUT this download feeds, or NULL */
+	bool		download_done;
+	bool		put_done;
 	unsigned char head[16];
 	int			head_len;
 
@@ -185,10 +195,17 @@ download_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 		t->too_big = true;
 		return 0;
 	}
+	if (t->upload)
+	{
+		size_t		r = s3_upload_offer(t->upload, ptr, n);
+
+		if (r != n)
+			return r;			/* pause (curl hands the chunk again), or refuse */
+	}
 	/* libcurl hands over 16 KiB at a time; write the file in larger pieces */
-	if (t->wbuf_len + n > DOWNLOAD_BUFFER_SIZE && !flush_download_buffer(t))
+	else if (t->wbuf_len + n > DOWNLOAD_BUFFER_SIZE && !flush_download_buffer(t))
 		return 0;
-	if (n >= DOWNLOAD_BUFFER_SIZE)
+	else if (n >= DOWNLOAD_BUFFER_SIZE)
 	{
 		if (!write_all(t->file->fd, ptr, n, &t->write_errno))
 			return 0;
@@ -293,12 +310,18 @@ start_download(Transfer *t, CURLM *multi, const char *file_path)
 	/* receive up to 64 KiB per recv() instead of 16 KiB */
 	curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, DOWNLOAD_BUFFER_SIZE);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
-	t->wbuf = palloc(DOWNLOAD_BUFFER_SIZE);
+	t->wbuf = t->file->s3_key ? NULL : palloc(DOWNLOAD_BUFFER_SIZE);
 	t->wbuf_len = 0;
 	t->sha = pg_cryptohash_create(PG_SHA256);
 	if (t->sha == NULL || pg_cryptohash_init(t->sha) < 0)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not initialise sha256")));
 	t->state = XFER_DOWNLOAD;
+	if (t->file->s3_key)
+	{
+		/* the PUT first: the download's first bytes go into it */
+		t->upload = s3_upload_begin(t->file->s3_key, t->expected_size);
+		s3_upload_attach(t->upload, multi);
+	}
 	if (curl_multi_add_handle(multi, t->easy) != CURLM_OK)
 		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not start a libcurl transfer")));
 	pfree(url.data);
@@ -412,6 +435,16 @@ on_getfile_done(Transfer *t, CURLM *multi)
 							t->file->doc_type, t->expected_size, regstage_max_file_size),
 					 errhint("regstage.max_file_size sets the largest document accepted.")));
 	}
+	if (t->file->s3_key && t->expected_size < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("Bot API answered getFile for %s without file_size", t->file->doc_type),
+				 errhint("regstage.storage = 's3' streams each document into a PUT whose length must be known in advance; the Telegram Bot API always reports file_size.")));
+	if (t->file->s3_key && t->expected_size == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("document %s downloaded from the Bot API is empty", t->file->doc_type),
+				 errhint("The Bot API served no bytes for this file_id; check that regstage.telegram_api_url points at the Telegram Bot API.")));
 	start_download(t, multi, file_path);
 }
 
@@ -449,7 +482,7 @@ on_download_done(Transfer *t)
 				 errmsg("download of %s was truncated: " INT64_FORMAT " of " INT64_FORMAT " bytes",
 						t->file->doc_type, t->written, t->expected_size),
 				 errhint("The connection ended before the size getFile announced; check the network path to regstage.telegram_api_url.")));
-	if (!flush_download_buffer(t))
+	if (!t->upload && !flush_download_buffer(t))
 		raise_write_error(t);
 	if (pg_cryptohash_final(t->sha, digest, sizeof(digest)) < 0)
 		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not finish sha256")));
@@ -457,7 +490,21 @@ on_download_done(Transfer *t)
 	t->file->sha256_hex[64] = '\0';
 	t->file->size = t->written;
 	t->file->ext = sniff_extension(t->head, t->head_len);
-	t->state = XFER_DONE;
+	t->download_done = true;
+	if (t->upload)
+		s3_upload_input_done(t->upload);
+	if (!t->upload || t->put_done)
+		t->state = XFER_DONE;
+}
+
+/* The PUT of a document finished: stored, or raise. */
+static void
+on_put_done(Transfer *t, CURLcode rc)
+{
+	s3_upload_finish(t->upload, rc);	/* raises unless stored */
+	t->put_done = true;
+	if (t->download_done)
+		t->state = XFER_DONE;
 }
 
 static void
@@ -471,6 +518,8 @@ on_transfer_done(Transfer *t, CURLcode rc, CURLM *multi)
 					 errmsg("document %s is larger than regstage.max_file_size (%d bytes)",
 							t->file->doc_type, regstage_max_file_size),
 					 errhint("regstage.max_file_size sets the largest document accepted.")));
+		if (t->upload)
+			s3_upload_check_input(t->upload);	/* more bytes than file_size */
 		if (t->write_errno != 0)
 			raise_write_error(t);
 		if (t->body_overflow)
@@ -578,22 +627,36 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 			int			running;
 			int			queued;
 			CURLMsg    *msg;
+			bool		resumed = false;
 
 			CHECK_FOR_INTERRUPTS();
 			if (curl_multi_perform(multi, &running) != CURLM_OK)
 				ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("libcurl multi transfer failed")));
 			while ((msg = curl_multi_info_read(multi, &queued)) != NULL)
 			{
-				Transfer   *t;
+				Transfer   *t = NULL;
 
 				if (msg->msg != CURLMSG_DONE)
 					continue;
-				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
-				on_transfer_done(t, msg->data.result, multi);
+				for (int i = 0; i < nfiles && t == NULL; i++)
+					if (xfers[i].upload && s3_upload_owns(xfers[i].upload, msg->easy_handle))
+						t = &xfers[i];
+				if (t)
+					on_put_done(t, msg->data.result);
+				else
+				{
+					curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+					on_transfer_done(t, msg->data.result, multi);
+				}
 				if (t->state == XFER_DONE)
 					pending--;
 			}
-			if (pending > 0)
+			/* streamed PUTs: resume whichever side can go on */
+			for (int i = 0; i < nfiles; i++)
+				if (xfers[i].upload && !xfers[i].put_done &&
+					s3_upload_pump(xfers[i].upload, xfers[i].download_done ? NULL : xfers[i].easy))
+					resumed = true;
+			if (pending > 0 && !resumed)
 				curl_multi_wait(multi, NULL, 0, WAIT_SLICE_MS, NULL);
 		}
 		log_downloads(telegram_id, files, nfiles, true);
@@ -605,6 +668,8 @@ botapi_fetch_files(int64 telegram_id, BotApiFile *files, int nfiles)
 		{
 			Transfer   *t = &xfers[i];
 
+			if (t->upload)
+				s3_upload_release(t->upload);
 			if (t->easy)
 			{
 				curl_multi_remove_handle(multi_handle, t->easy);

@@ -2,8 +2,9 @@
  * botapi.h — the Telegram Bot API client used by the commit.
  *
  * getFile, then the file download, for every document at once (curl
- * multi), streamed into caller-supplied file descriptors with size caps,
- * sha256 and content sniffing.  Cancel and statement_timeout interrupt it.
+ * multi), streamed into caller-supplied file descriptors, or into PUTs to
+ * the object store on the same multi, with size caps, sha256 and content
+ * sniffing.  Cancel and statement_timeout interrupt it.
  * The bot token never appears in any text this module produces.
  */
 #ifndef REGSTAGE_BOTAPI_H
@@ -15,8 +16,10 @@ typedef struct BotApiFile
 	/* in */
 	const char *doc_type;
 	const char *file_id;
-	int			fd;				/* where the content is written */
+	int			fd;				/* where the content is written, or */
 	const char *fd_path;		/* for messages */
+	const char *s3_key;			/* non-NULL: streamed into this object instead
+								 * (its delete-on-abort queued by the caller) */
 	/* out */
 	int64		size;
 	char		sha256_hex[65];

@@ -33,6 +33,13 @@
  * empty when older than max_age.  The ownership marker is never touched; a
  * subdirectory holding one (another upload directory) and directories below
  * the walk's depth limit are not entered: errors, with a WARNING each.
+ *
+ * With regstage.storage = 's3' the database's namespace in the bucket is
+ * listed instead, a page (up to CLEANUP_BATCH keys) at a time, each page
+ * checked with one query; an unreferenced object older than max_age
+ * (its last_modified) is checked once more with an index probe and then
+ * deleted.  A failed delete is an error of the run (WARNING), not of the
+ * call.  Memory stays at one page.
  */
 #include "postgres.h"
 
@@ -41,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -57,6 +65,7 @@
 #include "guc.h"
 #include "ownership.h"
 #include "primary.h"
+#include "s3.h"
 #include "upload.h"
 
 #define CLEANUP_BATCH 1000
@@ -896,6 +905,161 @@ record_run(time_t started, CleanupStats *stats)
 		elog(ERROR, "could not record the cleanup run in regstage.cleanup_runs");
 }
 
+/* Delete one orphan object; false (a WARNING, counted) when the store fails. */
+static bool
+delete_object(const char *key)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		ok = true;
+
+	/* a subtransaction, so an error of the store can be caught safely */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		s3_delete(key);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("pg_regstage cleanup: could not delete object \"%s\": %s", key, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return ok;
+}
+
+/*
+ * The orphan scan of the database's namespace in the object store: pages of
+ * ListObjectsV2, each checked against documents.file_path with one query.
+ */
+static void
+cleanup_run_s3(int64 max_age_s, CleanupStats *stats)
+{
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	Oid			argtypes_text[1] = {TEXTOID};
+	SPIPlanPtr	unreferenced_plan;
+	SPIPlanPtr	still_plan;
+	MemoryContext page_cxt;
+	MemoryContext oldcxt;
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *token = NULL;
+	int64		pages = 0;
+
+	memset(stats, 0, sizeof(*stats));
+	unreferenced_plan = SPI_prepare("SELECT u.i::int4 FROM unnest($1::text[]) WITH ORDINALITY AS u(p, i) "
+									"WHERE NOT EXISTS (SELECT 1 FROM regstage.documents d WHERE d.file_path = u.p) "
+									"ORDER BY u.i", 1, argtypes);
+	still_plan = SPI_prepare("SELECT 1 FROM regstage.documents WHERE file_path = $1", 1, argtypes_text);
+	if (unreferenced_plan == NULL || still_plan == NULL)
+		elog(ERROR, "pg_regstage cleanup: could not prepare the lookup: %s", SPI_result_code_string(SPI_result));
+	ereport(LOG,
+			(errmsg("pg_regstage cleanup: starting (orphan objects older than %s)", age_text(max_age_s)),
+			 errdetail("Bucket \"%s\" at %s.", regstage_s3_bucket, regstage_s3_endpoint)));
+	page_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage cleanup page", ALLOCSET_DEFAULT_SIZES);
+	do
+	{
+		S3ListPage *page;
+		S3Object  **objs;
+		Datum	   *elems;
+		int			n;
+		int			i = 0;
+		ListCell   *lc;
+		Datum		values[1];
+		char	   *next;
+
+		CHECK_FOR_INTERRUPTS();
+		oldcxt = MemoryContextSwitchTo(page_cxt);
+		page = s3_list("", token, CLEANUP_BATCH);
+		pages++;
+		n = list_length(page->objects);
+		objs = palloc(sizeof(S3Object *) * Max(n, 1));
+		elems = palloc(sizeof(Datum) * Max(n, 1));
+		foreach(lc, page->objects)
+		{
+			objs[i] = lfirst(lc);
+			elems[i] = CStringGetTextDatum(objs[i]->key);
+			i++;
+		}
+		if (n > 0)
+		{
+			uint64		nunref;
+			int		   *unref;
+
+			values[0] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+			if (SPI_execute_plan(unreferenced_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "pg_regstage cleanup: could not check a page of objects");
+			nunref = SPI_processed;
+			unref = palloc(sizeof(int) * Max(nunref, 1));
+			for (uint64 j = 0; j < nunref; j++)
+			{
+				bool		isnull;
+
+				unref[j] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
+			}
+			SPI_freetuptable(SPI_tuptable);
+			stats->referenced += n - nunref;
+			for (uint64 j = 0; j < nunref; j++)
+			{
+				S3Object   *o = objs[unref[j]];
+				int64		age_s = (now - o->last_modified) / USECS_PER_SEC;
+				char		age[32];
+
+				if (age_s < max_age_s)
+				{
+					stats->kept++;
+					continue;
+				}
+				/* a row written since the page was checked keeps it */
+				values[0] = CStringGetTextDatum(o->key);
+				if (SPI_execute_plan(still_plan, values, NULL, true, 1) != SPI_OK_SELECT)
+					elog(ERROR, "pg_regstage cleanup: could not look up regstage.documents");
+				if (SPI_processed > 0)
+				{
+					stats->referenced++;
+					continue;
+				}
+				if (delete_object(o->key))
+				{
+					stats->deleted++;
+					ereport(DEBUG1, (errmsg("pg_regstage cleanup: deleted orphan object \"%s\" (age: %s)",
+											o->key, age_approx(age_s, age, sizeof(age)))));
+				}
+				else
+					stats->errors++;
+			}
+		}
+		next = page->next_token;
+		MemoryContextSwitchTo(oldcxt);
+		if (token)
+			pfree(token);
+		token = next ? pstrdup(next) : NULL;
+		MemoryContextReset(page_cxt);
+	} while (token != NULL);
+	MemoryContextDelete(page_cxt);
+	SPI_freeplan(unreferenced_plan);
+	SPI_freeplan(still_plan);
+
+	ereport(LOG,
+			(errmsg("pg_regstage cleanup: finished; deleted " INT64_FORMAT ", kept " INT64_FORMAT ", errors " INT64_FORMAT " (" INT64_FORMAT " referenced objects, " INT64_FORMAT " pages)",
+					stats->deleted, stats->kept, stats->errors, stats->referenced, pages)));
+	record_run(timestamptz_to_time_t(now), stats);
+}
+
 void
 cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 {
@@ -906,6 +1070,12 @@ cleanup_run(int64 max_age_s, int64 tmp_max_age_s, CleanupStats *stats)
 	bool		isnull;
 	MemoryContext set_cxt;
 
+	if (regstage_storage == REGSTAGE_STORAGE_S3)
+	{
+		pfree(st);
+		cleanup_run_s3(max_age_s, stats);
+		return;
+	}
 	memset(stats, 0, sizeof(*stats));
 	st->root = upload_check_dir();	/* also the ownership check: before anything is read */
 	st->now = time(NULL);

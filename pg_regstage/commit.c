@@ -12,7 +12,9 @@
  *                temporary files in the user's directory, fsync'd, moved
  *                to their final names (upload.c; each file is bound to this
  *                (sub)transaction, xact.c; the directories are fsync'd at
- *                pre-commit)
+ *                pre-commit) -- or, with regstage.storage = 's3', streamed
+ *                into new objects (s3.c), each bound to this
+ *                (sub)transaction before its PUT starts
  *   5. rows      INSERT users + documents via SPI
  *   6. Redis     the DEL of the staged keys is queued for after the
  *                top-level commit (xact.c); a failure there is a WARNING
@@ -39,6 +41,7 @@
 #include "plans.h"
 #include "primary.h"
 #include "redis_staging.h"
+#include "s3.h"
 #include "staging.h"
 #include "upload.h"
 #include "validate.h"
@@ -100,6 +103,14 @@ refuse_if_registered(int64 telegram_id)
 			 errmsg("telegram_id " INT64_FORMAT " is already registered (user id " INT64_FORMAT ")",
 					telegram_id, user_id),
 			 errhint("Stale staged data of this telegram_id was cleared; check regstage.users.status instead.")));
+}
+
+/* The storage is usable before anything is fetched (S3: checked at use). */
+static void
+check_storage(void)
+{
+	if (regstage_storage == REGSTAGE_STORAGE_LOCAL)
+		(void) upload_check_dir();
 }
 
 /* Staged values were possibly written by another client: check them again. */
@@ -168,15 +179,34 @@ insert_rows(int64 telegram_id, StagedRegistration *s, BotApiFile *files, char **
 
 /*
  * Download files[0..nfiles) (doc_type and file_id set) into the user's
- * directory, bound to this (sub)transaction; returns their paths relative
- * to upload_dir.
+ * directory, or into new objects, bound to this (sub)transaction; returns
+ * their paths relative to upload_dir, or their keys (s3.h).
  */
 static char **
 fetch_documents(int64 telegram_id, BotApiFile *files, int nfiles)
 {
 	UploadUserDir userdir;
-	UploadTemp *temps = palloc0(sizeof(UploadTemp) * nfiles);
+	UploadTemp *temps;
 	char	  **relpaths = palloc0(sizeof(char *) * nfiles);
+
+	if (regstage_storage == REGSTAGE_STORAGE_S3)
+	{
+		/*
+		 * A fresh key per document, its delete-on-abort queued before the
+		 * PUT starts: whatever of it reaches the store goes with an abort.
+		 */
+		for (int i = 0; i < nfiles; i++)
+		{
+			relpaths[i] = s3_document_key(telegram_id, files[i].doc_type);
+			xact_s3_delete_on_abort(relpaths[i]);
+			files[i].s3_key = relpaths[i];
+			files[i].fd = -1;
+		}
+		botapi_fetch_files(telegram_id, files, nfiles);
+		return relpaths;
+	}
+
+	temps = palloc0(sizeof(UploadTemp) * nfiles);
 
 	for (int i = 0; i < nfiles; i++)
 		temps[i].fd = -1;
@@ -244,7 +274,7 @@ regstage_commit_registration(PG_FUNCTION_ARGS)
 	primary_required(fcinfo);
 	validate_telegram_id(PG_ARGISNULL(0), PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
 	telegram_id = PG_GETARG_INT64(0);
-	(void) upload_check_dir();
+	check_storage();
 
 	/* 1-2: one committer per telegram_id; refuse the registered */
 	lock_telegram_id(telegram_id);
@@ -312,7 +342,7 @@ regstage_replace_documents(PG_FUNCTION_ARGS)
 	primary_required(fcinfo);
 	validate_telegram_id(PG_ARGISNULL(0), PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
 	telegram_id = PG_GETARG_INT64(0);
-	(void) upload_check_dir();
+	check_storage();
 	lock_telegram_id(telegram_id);
 	SPI_connect();
 

@@ -470,6 +470,12 @@ check_key(const char *key, bool is_prefix)
 						   "without a leading \"/\" and without empty, \".\" or \"..\" segments.", S3_KEY_MAX)));
 }
 
+bool
+s3_key_is_valid(const char *key)
+{
+	return valid_key_path(key, S3_KEY_MAX, false);
+}
+
 char *
 s3_object_key(const char *key)
 {
@@ -1205,6 +1211,201 @@ s3_delete(const char *key)
 			return;
 	}
 	call_check(&c, ok);
+}
+
+/* ---- deletes that must not raise ------------------------------------------ */
+
+#define S3_NOTHROW_BATCH 32		/* requests in flight at once */
+
+/*
+ * What s3_delete_nothrow signs with, copied inside the transaction: at
+ * abort the settings and the secret file may no longer be read (that could
+ * raise), and after the commit nothing may.
+ */
+static struct
+{
+	bool		valid;
+	char		access_key[160];
+	char		secret[S3_SECRET_MAX + 1];
+	char		sigv4[160];
+} delete_cred;
+
+char *
+s3_delete_target(const char *key)
+{
+	char	   *url = object_url(s3_object_key(key));
+	const char *secret;
+
+	require_setting("regstage.s3_access_key", regstage_s3_access_key);
+	secret = s3_secret();
+	if (strlen(regstage_s3_access_key) >= sizeof(delete_cred.access_key) ||
+		strlen(regstage_s3_region) + 12 >= sizeof(delete_cred.sigv4))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("regstage.s3_access_key or regstage.s3_region is too long")));
+	strlcpy(delete_cred.access_key, regstage_s3_access_key, sizeof(delete_cred.access_key));
+	strlcpy(delete_cred.secret, secret, sizeof(delete_cred.secret));
+	snprintf(delete_cred.sigv4, sizeof(delete_cred.sigv4), "aws:amz:%s:s3", regstage_s3_region);
+	delete_cred.valid = true;
+	return url;
+}
+
+void
+s3_forget_delete_credentials(void)
+{
+	explicit_bzero(&delete_cred, sizeof(delete_cred));
+}
+
+static long
+ms_until(TimestampTz deadline)
+{
+	return (long) ((deadline - GetCurrentTimestamp()) / 1000);
+}
+
+/* Record the first failure; never raises. */
+static void
+nothrow_note(char *errbuf, size_t errlen, const char *url, const char *why, long status)
+{
+	const char *bucket_path = strstr(url, "://");
+
+	if (errbuf[0] != '\0')
+		return;
+	bucket_path = bucket_path ? strchr(bucket_path + 3, '/') : NULL;
+	if (status)
+		snprintf(errbuf, errlen, "DELETE of \"%s\": HTTP %ld", bucket_path ? bucket_path + 1 : url, status);
+	else
+		snprintf(errbuf, errlen, "DELETE of \"%s\": %s", bucket_path ? bucket_path + 1 : url, why);
+}
+
+int
+s3_delete_nothrow(char *const *urls, int n, long budget_ms, char *errbuf, size_t errlen)
+{
+	CURLM	   *m;
+	struct curl_slist *hdr;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), budget_ms);
+	int			failed = 0;
+
+	errbuf[0] = '\0';
+	if (n <= 0)
+		return 0;
+	if (!delete_cred.valid)
+	{
+		snprintf(errbuf, errlen, "no S3 credentials were read in this transaction");
+		return n;
+	}
+	m = curl_multi_init();
+	hdr = curl_slist_append(NULL, "x-amz-content-sha256: " S3_EMPTY_SHA256);
+	if (m == NULL || hdr == NULL)
+	{
+		if (m)
+			curl_multi_cleanup(m);
+		if (hdr)
+			curl_slist_free_all(hdr);
+		snprintf(errbuf, errlen, "out of memory in libcurl");
+		return n;
+	}
+	curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
+
+	for (int base = 0; base < n; base += S3_NOTHROW_BATCH)
+	{
+		CURL	   *easy[S3_NOTHROW_BATCH];
+		bool		done[S3_NOTHROW_BATCH];
+		int			k = Min(n - base, S3_NOTHROW_BATCH);
+		long		left = ms_until(deadline);
+
+		if (left <= 0)
+		{
+			nothrow_note(errbuf, errlen, urls[base], "no time left", 0);
+			failed += n - base;
+			break;
+		}
+		for (int i = 0; i < k; i++)
+		{
+			CURL	   *e = curl_easy_init();
+
+			easy[i] = e;
+			done[i] = (e == NULL);
+			if (e == NULL)
+			{
+				nothrow_note(errbuf, errlen, urls[base + i], "out of memory in libcurl", 0);
+				failed++;
+				continue;
+			}
+			curl_easy_setopt(e, CURLOPT_URL, urls[base + i]);
+			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+			curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+			curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+			curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+			curl_easy_setopt(e, CURLOPT_PROXY, "");
+			curl_easy_setopt(e, CURLOPT_USERAGENT, "pg_regstage/1.1");
+			curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left);
+			curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left);
+			curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+			curl_easy_setopt(e, CURLOPT_AWS_SIGV4, delete_cred.sigv4);
+			curl_easy_setopt(e, CURLOPT_USERNAME, delete_cred.access_key);
+			curl_easy_setopt(e, CURLOPT_PASSWORD, delete_cred.secret);
+			curl_easy_setopt(e, CURLOPT_PRIVATE, (char *) (intptr_t) i);
+			if (curl_multi_add_handle(m, e) != CURLM_OK)
+			{
+				curl_easy_cleanup(e);
+				easy[i] = NULL;
+				done[i] = true;
+				nothrow_note(errbuf, errlen, urls[base + i], "could not start a libcurl transfer", 0);
+				failed++;
+			}
+		}
+		for (;;)
+		{
+			int			running = 0;
+			int			queued;
+			CURLMsg    *msg;
+
+			if (curl_multi_perform(m, &running) != CURLM_OK)
+				break;
+			while ((msg = curl_multi_info_read(m, &queued)) != NULL)
+			{
+				char	   *priv = NULL;
+				int			i;
+				long		status = 0;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+				i = (int) (intptr_t) priv;
+				done[i] = true;
+				curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+				if (msg->data.result != CURLE_OK)
+				{
+					nothrow_note(errbuf, errlen, urls[base + i], curl_easy_strerror(msg->data.result), 0);
+					failed++;
+				}
+				else if (status != 200 && status != 204 && status != 404)
+				{
+					nothrow_note(errbuf, errlen, urls[base + i], NULL, status);
+					failed++;
+				}
+			}
+			if (running == 0 || ms_until(deadline) <= 0)
+				break;
+			curl_multi_wait(m, NULL, 0, (int) Min(ms_until(deadline) + 1, 50), NULL);
+		}
+		for (int i = 0; i < k; i++)
+		{
+			if (!done[i])
+			{
+				nothrow_note(errbuf, errlen, urls[base + i], "no answer in time", 0);
+				failed++;
+			}
+			if (easy[i])
+			{
+				curl_multi_remove_handle(m, easy[i]);
+				curl_easy_cleanup(easy[i]);
+			}
+		}
+	}
+	curl_slist_free_all(hdr);
+	curl_multi_cleanup(m);
+	return failed;
 }
 
 /* ListObjectsV2 page being parsed */

@@ -41,6 +41,8 @@ extern void s3_define_gucs(void);
 
 /* "<telegram_id>/<doc_type>-<32 random hex>": a key that cannot collide */
 extern char *s3_document_key(int64 telegram_id, const char *doc_type);
+/* is key usable as a key (s3_object_key would accept it)? */
+extern bool s3_key_is_valid(const char *key);
 /* the object key in the bucket for a key of this database */
 extern char *s3_object_key(const char *key);
 
@@ -85,6 +87,21 @@ typedef struct S3ListPage
 	List	   *objects;		/* of S3Object *, in key order */
 	char	   *next_token;		/* NULL on the last page */
 } S3ListPage;
+
+/*
+ * Deletes that must not raise: at the abort of the (sub)transaction that
+ * made an object, and after the commit of the one that deleted its row.
+ * s3_delete_target(), inside the transaction (it may raise), returns the
+ * object's URL and keeps a copy of the credentials the delete will use;
+ * s3_delete_nothrow() then deletes urls[0..n) concurrently, bounded by
+ * budget_ms in all, without raising, allocating from PostgreSQL or
+ * waiting for a cancel.  It returns how many were not deleted (the first
+ * failure described in errbuf).  s3_forget_delete_credentials() wipes the
+ * copy at the end of the transaction.
+ */
+extern char *s3_delete_target(const char *key);
+extern int	s3_delete_nothrow(char *const *urls, int n, long budget_ms, char *errbuf, size_t errlen);
+extern void s3_forget_delete_credentials(void);
 
 extern S3ListPage *s3_list(const char *prefix, const char *continuation_token, int max_keys);
 extern char *s3_presign_get(const char *key, int ttl_seconds);

@@ -25,13 +25,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "guc.h"
 #include "ownership.h"
+#include "s3.h"
 #include "upload.h"
 #include "xact.h"
 
@@ -344,7 +348,8 @@ PG_FUNCTION_INFO_V1(regstage_document_file_exists);
 /*
  * document_file_exists(file_path): is there a regular file at
  * upload_dir/file_path?  Paths that could leave upload_dir are answered
- * false without touching the file system.
+ * false without touching the file system.  With regstage.storage = 's3':
+ * does the object exist (HEAD; a store that fails raises)?
  */
 Datum
 regstage_document_file_exists(PG_FUNCTION_ARGS)
@@ -354,8 +359,63 @@ regstage_document_file_exists(PG_FUNCTION_ARGS)
 	char		path[MAXPGPATH];
 	struct stat st;
 
+	if (regstage_storage == REGSTAGE_STORAGE_S3)
+		PG_RETURN_BOOL(s3_key_is_valid(rel) && s3_head(rel, NULL));
 	if (regstage_upload_dir[0] == '\0' || !upload_relpath_is_safe(rel))
 		PG_RETURN_BOOL(false);
 	snprintf(path, sizeof(path), "%s/%s", regstage_upload_dir, rel);
 	PG_RETURN_BOOL(lstat(path, &st) == 0 && S_ISREG(st.st_mode));
+}
+
+PG_FUNCTION_INFO_V1(regstage_document_url);
+
+/*
+ * document_url(document_id, ttl) → text: a presigned GET URL of the
+ * document's object, valid for ttl (1 s to 7 days).  Local files have no
+ * URL.
+ */
+Datum
+regstage_document_url(PG_FUNCTION_ARGS)
+{
+	REGSTAGE_REQUIRE_PRELOAD();
+	int64		id;
+	Interval   *ttl;
+	int64		ttl_s;
+	char	   *key;
+	bool		isnull;
+	Datum		value;
+
+	if (regstage_storage != REGSTAGE_STORAGE_S3)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("regstage.storage is 'local': documents have no URL"),
+				 errhint("Documents are files under regstage.upload_dir; with regstage.storage = 's3' they are objects with presigned URLs.")));
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("document_id and ttl must not be NULL")));
+	id = PG_GETARG_INT64(0);
+	ttl = PG_GETARG_INTERVAL_P(1);
+	ttl_s = ttl->time / USECS_PER_SEC + (int64) ttl->day * SECS_PER_DAY +
+		(int64) ttl->month * DAYS_PER_MONTH * SECS_PER_DAY;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT file_path FROM regstage.documents WHERE id = $1",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)}, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read regstage.documents");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("document " INT64_FORMAT " does not exist", id),
+				 errhint("regstage.documents.id names a document.")));
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	key = isnull ? NULL : TextDatumGetCString(value);
+	SPI_finish();
+	if (key == NULL || !s3_key_is_valid(key))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("document " INT64_FORMAT " has no object key (file_path %s%s%s)", id,
+						key ? "\"" : "", key ? key : "NULL", key ? "\"" : ""),
+				 errhint("Its file_path is not a key of the object store: a document saved with regstage.storage = 'local'?")));
+	PG_RETURN_TEXT_P(cstring_to_text(s3_presign_get(key, (int) Max(Min(ttl_s, INT_MAX), 0))));
 }

@@ -17,11 +17,15 @@
  *                3. clear the staged Redis keys: one round trip, a hard
  *                   time bound, a WARNING on failure (the keys then expire
  *                   with their TTL)
+ *                4. delete the objects this transaction marked for
+ *                   deletion (bounded by XACT_S3_BUDGET_MS, WARNING on failure)
  *   ABORT        unlink the files and directories this transaction made,
- *                newest first (files before the directories holding them)
+ *                newest first (files before the directories holding them);
+ *                delete the objects it PUT (bounded, WARNING on failure)
  *   PRE_PREPARE  refuse while anything is pending: none of it could follow
  *                a prepared transaction
- *   ABORT_SUB    unlink what that subtransaction made; drop its actions
+ *   ABORT_SUB    unlink what that subtransaction made, delete its objects;
+ *                drop its actions
  *   COMMIT_SUB   hand its actions to the parent
  *
  * Nothing after the commit may raise: an ERROR in a COMMIT callback is a
@@ -39,6 +43,7 @@
 #include "utils/memutils.h"
 
 #include "redis_staging.h"
+#include "s3.h"
 #include "upload.h"
 #include "xact.h"
 
@@ -119,7 +124,8 @@ xact_keep_file(const char *path)
 	{
 		XactAction *a = *link;
 
-		if (a->kind == XACT_DELETE_ON_COMMIT && strcmp(a->path, path) == 0)
+		if ((a->kind == XACT_DELETE_ON_COMMIT || a->kind == XACT_S3_DELETE_ON_COMMIT) &&
+			strcmp(a->path, path) == 0)
 		{
 			*link = a->next;
 			pfree(a);
@@ -136,6 +142,67 @@ xact_clear_redis_on_commit(int64 telegram_id, int64 user_id)
 
 	a->telegram_id = telegram_id;
 	a->user_id = user_id;
+}
+
+void
+xact_s3_delete_on_abort(const char *key)
+{
+	(void) action_new(XACT_S3_DELETE_ON_ABORT, s3_delete_target(key));
+}
+
+void
+xact_s3_delete_on_commit(const char *key)
+{
+	(void) action_new(XACT_S3_DELETE_ON_COMMIT, s3_delete_target(key));
+}
+
+/* A row references key again: drop its pending delete (as xact_keep_file). */
+void
+xact_s3_keep_object(const char *key)
+{
+	xact_keep_file(s3_delete_target(key));
+}
+
+/*
+ * Delete the objects of the actions of kind at level and deeper, within
+ * XACT_S3_BUDGET_MS.  Never raises: runs during abort processing and after
+ * the commit.  The URL array is malloc'd: nothing here allocates from
+ * PostgreSQL.
+ */
+static void
+delete_objects(XactActionKind kind, int level, const char *when)
+{
+	int			n = 0;
+	int			failed;
+	char	  **urls;
+	char		errbuf[512];
+
+	for (XactAction *a = pending_actions; a; a = a->next)
+		if (a->kind == kind && a->nest_level >= level)
+			n++;
+	if (n == 0)
+		return;
+	urls = malloc(sizeof(char *) * n);
+	if (urls == NULL)
+	{
+		failed = n;
+		strlcpy(errbuf, "out of memory", sizeof(errbuf));
+	}
+	else
+	{
+		n = 0;
+		for (XactAction *a = pending_actions; a; a = a->next)
+			if (a->kind == kind && a->nest_level >= level)
+				urls[n++] = a->path;
+		failed = s3_delete_nothrow(urls, n, XACT_S3_BUDGET_MS, errbuf, sizeof(errbuf));
+		free(urls);
+	}
+	if (failed > 0)
+		ereport(WARNING,
+				(errmsg("could not delete %d of %d S3 objects %s: %s", failed, n, when, errbuf),
+				 errhint("regstage.cleanup_orphans() deletes them once they are older than its max_age.")));
+	else
+		elog(DEBUG1, "pg_regstage: deleted %d S3 objects %s", n, when);
 }
 
 /*
@@ -192,6 +259,7 @@ release_all(void)
 	if (prepared_clear)
 		redis_free_prepared_clear(prepared_clear);
 	prepared_clear = NULL;
+	s3_forget_delete_credentials();
 }
 
 /*
@@ -305,12 +373,15 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			/* durable now: nothing below may raise */
 			drop_actions(1, XACT_UNLINK_ON_ABORT);	/* 1. the new files stay */
+			drop_actions(1, XACT_S3_DELETE_ON_ABORT);	/* ... and the new objects */
 			delete_files_on_commit();	/* 2. files this transaction deleted go */
 			run_redis_clear();	/* 3. the staged keys go (best effort) */
+			delete_objects(XACT_S3_DELETE_ON_COMMIT, 1, "after commit");	/* 4. bounded */
 			release_all();
 			break;
 		case XACT_EVENT_ABORT:
 			unlink_created(1);
+			delete_objects(XACT_S3_DELETE_ON_ABORT, 1, "of an aborted transaction");
 			release_all();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -341,6 +412,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
 			unlink_created(level);
+			delete_objects(XACT_S3_DELETE_ON_ABORT, level, "of an aborted subtransaction");
 			drop_actions(level, -1);
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:

@@ -15,7 +15,9 @@ typedef enum XactActionKind
 {
 	XACT_UNLINK_ON_ABORT,		/* a file or directory this transaction made */
 	XACT_DELETE_ON_COMMIT,		/* a file to delete once the commit is durable */
-	XACT_CLEAR_REDIS_ON_COMMIT	/* staged keys to delete once the commit is durable */
+	XACT_CLEAR_REDIS_ON_COMMIT,	/* staged keys to delete once the commit is durable */
+	XACT_S3_DELETE_ON_ABORT,	/* an object this transaction PUTs (path: its URL) */
+	XACT_S3_DELETE_ON_COMMIT	/* an object to delete once the commit is durable */
 } XactActionKind;
 
 typedef struct XactAction XactAction;
@@ -36,6 +38,18 @@ extern void xact_cancel(XactAction *action);
 extern void xact_delete_on_commit(const char *path);
 /* Path is referenced again: drop its pending delete. */
 extern void xact_keep_file(const char *path);
+
+/*
+ * The same for objects in the store (key relative to the database's
+ * namespace, s3.h).  Queue the delete-on-abort *before* the PUT starts.
+ * Both deletes are network calls made where nothing may raise: each
+ * transaction end spends at most XACT_S3_BUDGET_MS on them, and what is not
+ * deleted in that time is a WARNING, left to the cleanup.
+ */
+#define XACT_S3_BUDGET_MS 1000
+extern void xact_s3_delete_on_abort(const char *key);
+extern void xact_s3_delete_on_commit(const char *key);
+extern void xact_s3_keep_object(const char *key);
 
 /* Clear the staged Redis keys of telegram_id after the top-level commit. */
 extern void xact_clear_redis_on_commit(int64 telegram_id, int64 user_id);

@@ -64,6 +64,12 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_cleanup_orphans';
 CREATE OR REPLACE FUNCTION regstage.document_file_exists(file_path text)
 RETURNS boolean LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'regstage_document_file_exists';
 
+-- A presigned GET URL of a document's object (regstage.storage = 's3'):
+-- superusers and admins, never the bot (no grant).
+CREATE OR REPLACE FUNCTION regstage.document_url(document_id bigint, ttl interval DEFAULT '15 minutes')
+RETURNS text LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'regstage_document_url';
+
 
 -- Object storage: a probe a superuser runs to check the settings and the
 -- bucket policy (PUT, HEAD, LIST, a presigned GET, DELETE of one object).

@@ -29,7 +29,8 @@ COMMENT ON FUNCTION regstage.normalize_phone(text) IS 'a phone number in E.164 (
 COMMENT ON FUNCTION regstage.replace_documents(bigint) IS 'swaps in the documents an admin asked for again, in the caller''s transaction; returns how many';
 COMMENT ON FUNCTION regstage.commit_registration(bigint) IS 'downloads the staged documents and inserts the user and documents in the caller''s transaction; returns users.id';
 COMMENT ON FUNCTION regstage.cleanup_orphans(interval, interval) IS 'deletes files under upload_dir no documents row references (older than max_age) and partial downloads (older than tmp_max_age)';
-COMMENT ON FUNCTION regstage.document_file_exists(text) IS 'is there a regular file at this path relative to upload_dir (no escape outside it)';
+COMMENT ON FUNCTION regstage.document_file_exists(text) IS 'is there a regular file at this path relative to upload_dir (no escape outside it); with storage = s3: does the object exist (HEAD)';
+COMMENT ON FUNCTION regstage.document_url(bigint, interval) IS 'a presigned GET URL of the document''s object, valid for ttl (1 s to 7 days); storage = s3 only (0A000 with local storage)';
 COMMENT ON FUNCTION regstage.upload_files() IS 'every regular file under upload_dir, relative to it; symbolic links neither followed nor listed';
 
 -- Migration and review
