@@ -140,7 +140,7 @@ fi
 if wanted tap && present tap t/*.pl; then
 	run_suite tap as_server_user make -s installcheck REGRESS= ISOLATION= TAP_TESTS=1 PROVE_FLAGS=-v
 fi
-for s in bringup relay faults s3; do
+for s in bringup relay faults; do
 	wanted $s && present $s test/scripts/$s.sh && run_suite $s bash test/scripts/$s.sh
 done
 # The HA suite runs its own servers (Sentinel, replicas, Patroni, etcd,
