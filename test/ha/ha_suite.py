@@ -404,12 +404,19 @@ def check_no_update_lost(node, ids, tids):
     seen = int(node.psql("SELECT count(*) FROM regstage.seen_updates WHERE update_id BETWEEN %d AND %d"
                          % (min(ids), max(ids))))
     check(seen == len(ids), "every injected update was applied on %s: %d of %d in seen_updates" % (node.name, seen, len(ids)))
-    calls = http(API + "/_test/calls")
-    done = set()
-    for c in calls:
-        p = c.get("params") or {}
-        if c["method"] == "sendMessage" and p.get("chat_id") in tids:
-            done.add(p["chat_id"])
+    # replies leave through the outbox after their update committed: wait for them
+    def answered():
+        done = set()
+        for c in http(API + "/_test/calls"):
+            p = c.get("params") or {}
+            if c["method"] == "sendMessage" and p.get("chat_id") in tids:
+                done.add(p["chat_id"])
+        return done
+    try:
+        wait_for(lambda: answered() == set(tids), 20, "replies to every chat")
+    except Exception:
+        pass
+    done = answered()
     check(done == set(tids), "every user got replies from the bot (%d of %d chats)" % (len(done), len(tids)))
 
 
