@@ -228,36 +228,16 @@ CREATE OR REPLACE TRIGGER outbox_notify
 CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute')
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-	-- The oldest pending call of each chat, found by skipping from chat to
-	-- chat through outbox_pending_chat (a loose index scan): one probe per
-	-- chat, however many calls a chat has queued behind its head.
-	WITH RECURSIVE heads AS (
-		(SELECT o.chat_id, o.id FROM regstage.outbox o
-		  WHERE o.status = 'pending' AND o.chat_id IS NOT NULL
-		  ORDER BY o.chat_id, o.id LIMIT 1)
-		UNION ALL
-		SELECT n.chat_id, n.id
-		  FROM heads h,
-			   LATERAL (SELECT o.chat_id, o.id FROM regstage.outbox o
-						 WHERE o.status = 'pending' AND o.chat_id > h.chat_id
-						 ORDER BY o.chat_id, o.id LIMIT 1) n
-	),
-	candidates AS (
-		SELECT h.id FROM heads h
-		UNION ALL
-		SELECT o.id FROM regstage.outbox o			-- calls of no chat: no order to keep
-		 WHERE o.status = 'pending' AND o.chat_id IS NULL
-	)
 	UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
 	 WHERE o.id IN (
 		SELECT c.id FROM regstage.outbox c
-		 WHERE c.id IN (SELECT id FROM candidates)
-		   AND c.status = 'pending' AND c.next_attempt_at <= now()
+		 WHERE c.status = 'pending' AND c.next_attempt_at <= now()
 		   AND (c.claimed_until IS NULL OR c.claimed_until < now())
+		   AND NOT EXISTS (SELECT 1 FROM regstage.outbox e
+							WHERE e.status = 'pending' AND e.chat_id = c.chat_id AND e.id < c.id)
 		 ORDER BY c.id
 		 LIMIT max_calls
 		 FOR UPDATE SKIP LOCKED)
-	   AND o.status = 'pending'
 	RETURNING o.id, o.chat_id, o.method, o.params, o.attempts
 $$;
 
