@@ -220,7 +220,10 @@ def http(url, body=None):
 def start_relay(name, database_url, api, token):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(TELEGRAM_BOT_TOKEN=token, TELEGRAM_API_URL=api, DATABASE_URL=database_url,
-               RELAY_WORKERS="4", RELAY_POLL_TIMEOUT="2", RELAY_MAX_ATTEMPTS="5")
+               RELAY_WORKERS="4", RELAY_POLL_TIMEOUT="2", RELAY_MAX_ATTEMPTS="5",
+               # a call claimed on a primary that died is sent again when its lease
+               # (send timeout + 5 s) ends: keep it short here
+               RELAY_SEND_TIMEOUT="5")
     p = spawn([os.path.join(SRC, "relay/regstage-relay")], "relay:%s" % name, os.path.join(W, "relay-%s.log" % name),
               env=env)
     log("started relay %s (pid %d), DATABASE_URL=%s" % (name, p.pid, database_url.replace(os.environ.get("HA_SU_PASS", "\0"), "***")))
