@@ -4,6 +4,7 @@
  * main.c       configuration, signals, starting and stopping the parts
  * receiver.c   getUpdates -> regstage.store_updates() (long polling)
  * webhook.c    Telegram's webhook POSTs -> regstage.store_updates()
+ * http.c       the webhook server's request framing (no I/O; fuzzed)
  * processor.c  threads looping regstage.process_next()
  * sender.c     regstage.outbox_claim() -> the Bot API -> outbox_report()
  * scan.c       getUpdates' result array split without decoding the JSON

@@ -2,7 +2,8 @@
  * webhook.c — webhook mode: a small HTTP/1.1 server for Telegram's POSTs.
  *
  * One thread, poll() over the listening socket and at most WH_MAX_CONNS
- * connections (more wait in the backlog).  A request is read whole
+ * connections (a new one takes the slot of the one that has waited longest
+ * when all are open).  A request is read whole and framed by http.c
  * (headers up to 8 KiB, a Content-Length body up to 1 MiB; no chunked
  * bodies), its X-Telegram-Bot-Api-Secret-Token compared in constant time
  * with TELEGRAM_WEBHOOK_SECRET (wrong or missing: 401, nothing stored),
@@ -12,7 +13,7 @@
  * honoured.  Any number of relays may take webhooks for one database: the
  * inbox ignores an update_id stored before, and process_next orders chats.
  */
-#define _GNU_SOURCE				/* memmem, accept4 */
+#define _GNU_SOURCE				/* accept4 */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -20,17 +21,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "db.h"
+#include "http.h"
 #include "relay.h"
 #include "scan.h"
 
 #define WH_MAX_CONNS 64
-#define WH_HEAD_MAX 8192
-#define WH_BODY_MAX (1024 * 1024)
 #define WH_TIMEOUT_MS 10000
 #define WH_RECONNECT_MS 1000	/* a down database is tried at most this often */
 
@@ -112,49 +111,6 @@ respond(WhConn *c, int status, const char *reason, bool close_after)
 		conn_close(c);
 }
 
-/* constant time in the secret's content: every byte of the longer one is looked at */
-static bool
-secret_ok(const char *given, size_t glen)
-{
-	const char *want = relay_config.webhook_secret;
-	size_t		wlen = strlen(want);
-	size_t		n = glen > wlen ? glen : wlen;
-	unsigned char diff = glen != wlen;
-
-	for (size_t i = 0; i < n; i++)
-		diff |= (unsigned char) ((i < glen ? given[i] : 0) ^ (i < wlen ? want[i] : 0));
-	return diff == 0;
-}
-
-/* The value of a header in [head, end), or NULL; *vlen its length. */
-static const char *
-header(const char *head, const char *end, const char *name, size_t *vlen)
-{
-	size_t		nlen = strlen(name);
-	const char *p = memchr(head, '\n', end - head);	/* past the request line */
-
-	while (p && ++p < end)
-	{
-		const char *eol = memchr(p, '\n', end - p);
-		const char *v;
-
-		if (eol == NULL)
-			eol = end;
-		if ((size_t) (eol - p) > nlen && p[nlen] == ':' && strncasecmp(p, name, nlen) == 0)
-		{
-			v = p + nlen + 1;
-			while (v < eol && (*v == ' ' || *v == '\t'))
-				v++;
-			*vlen = eol - v;
-			while (*vlen > 0 && (v[*vlen - 1] == '\r' || v[*vlen - 1] == ' ' || v[*vlen - 1] == '\t'))
-				(*vlen)--;
-			return v;
-		}
-		p = eol;
-	}
-	return NULL;
-}
-
 /* Store one update: 200 once committed, 503 when the database cannot take it. */
 static int
 store(const char *body, size_t len, int64_t id)
@@ -182,6 +138,30 @@ store(const char *body, size_t len, int64_t id)
 	return 200;
 }
 
+static const char *
+reason(int status)
+{
+	switch (status)
+	{
+		case 200:
+			return "OK";
+		case 400:
+			return "Bad Request";
+		case 401:
+			return "Unauthorized";
+		case 405:
+			return "Method Not Allowed";
+		case 411:
+			return "Length Required";
+		case 413:
+			return "Payload Too Large";
+		case 431:
+			return "Request Header Fields Too Large";
+		default:
+			return "Service Unavailable";
+	}
+}
+
 /*
  * Handle what the connection has read: whole requests are answered.
  * False when the connection was closed.
@@ -191,75 +171,48 @@ serve(WhConn *c)
 {
 	while (c->fd >= 0)
 	{
-		char	   *eoh = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
-		size_t		head_len;
-		const char *v;
-		size_t		vlen;
-		long		clen = 0;
-		bool		close_after;
+		HttpRequest req;
+		const char *body;
 		int64_t		id;
 		int			status;
 
-		if (eoh == NULL)
+		switch (http_parse_request(c->buf, c->len, &req))
 		{
-			if (c->len > WH_HEAD_MAX)
-				respond(c, 431, "Request Header Fields Too Large", true);
-			return c->fd >= 0;
-		}
-		head_len = eoh + 4 - c->buf;
-		if ((v = header(c->buf, eoh + 2, "Transfer-Encoding", &vlen)) != NULL)
-		{
-			respond(c, 411, "Length Required", true);
-			return false;
-		}
-		if ((v = header(c->buf, eoh + 2, "Content-Length", &vlen)) != NULL)
-		{
-			char		num[24];
-
-			if (vlen == 0 || vlen >= sizeof(num) || strspn(v, "0123456789") < vlen)
-			{
-				respond(c, 400, "Bad Request", true);
+			case HTTP_NEED_MORE:
+				return true;
+			case HTTP_REJECT:
+				respond(c, req.status, reason(req.status), true);
 				return false;
-			}
-			memcpy(num, v, vlen);
-			num[vlen] = '\0';
-			clen = strtol(num, NULL, 10);
-			if (clen > WH_BODY_MAX)
-			{
-				respond(c, 413, "Payload Too Large", true);
-				return false;
-			}
+			case HTTP_COMPLETE:
+				break;
 		}
-		if (c->len < head_len + (size_t) clen)
-			return true;		/* the body is still coming */
-		v = header(c->buf, eoh + 2, "Connection", &vlen);
-		close_after = (v && vlen == 5 && strncasecmp(v, "close", 5) == 0) ||
-			memmem(c->buf, eoh - c->buf, "HTTP/1.0", 8) != NULL;
-		if (strncmp(c->buf, "POST ", 5) != 0)
+		body = c->buf + req.head_len;
+		if (!req.is_post)
 			status = 405;
-		else if ((v = header(c->buf, eoh + 2, "X-Telegram-Bot-Api-Secret-Token", &vlen)) == NULL ||
-				 !secret_ok(v, vlen))
+		else if (req.secret == NULL ||
+				 !http_secret_equal(req.secret, req.secret_len,
+									relay_config.webhook_secret, strlen(relay_config.webhook_secret)))
+		{
+			relay_log(LOG_ERROR, "webhook: a request without the right secret token, refused (401)");
 			status = 401;
-		else if (!scan_update_id(c->buf + head_len, clen, &id))
+		}
+		else if (!scan_update_id(body, req.body_len, &id))
 		{
 			char		shown[400];
 
-			relay_printable(c->buf + head_len, clen > 120 ? 120 : clen, shown, sizeof(shown));
-			relay_log(LOG_ERROR, "webhook: an update without an update_id cannot be stored (%ld bytes): %s",
-					  clen, shown);
+			relay_printable(body, req.body_len > 120 ? 120 : req.body_len, shown, sizeof(shown));
+			relay_log(LOG_ERROR, "webhook: an update without an update_id cannot be stored (%zu bytes): %s",
+					  req.body_len, shown);
 			status = 400;
 		}
 		else
-			status = store(c->buf + head_len, clen, id);
-		if (status == 401)
-			relay_log(LOG_ERROR, "webhook: a request without the right secret token, refused (401)");
-		respond(c, status, status == 200 ? "OK" : status == 401 ? "Unauthorized" : status == 405 ? "Method Not Allowed" :
-				status == 400 ? "Bad Request" : "Service Unavailable", close_after);
+			status = store(body, req.body_len, id);
+		respond(c, status, reason(status), req.close_after);
 		if (c->fd < 0)
 			return false;
 		/* keep-alive: what follows this request stays */
-		memmove(c->buf, c->buf + head_len + clen, c->len - head_len - clen);
-		c->len -= head_len + clen;
+		memmove(c->buf, c->buf + req.total, c->len - req.total);
+		c->len -= req.total;
 		c->deadline = relay_now_ms() + WH_TIMEOUT_MS;
 	}
 	return false;
@@ -277,8 +230,8 @@ conn_read(WhConn *c)
 			size_t		cap = c->cap ? c->cap * 2 : 16384;
 			char	   *nb;
 
-			if (cap > WH_HEAD_MAX + WH_BODY_MAX + 4096)
-				cap = WH_HEAD_MAX + WH_BODY_MAX + 4096;
+			if (cap > HTTP_HEAD_MAX + HTTP_BODY_MAX + 4096)
+				cap = HTTP_HEAD_MAX + HTTP_BODY_MAX + 4096;
 			if (cap <= c->len || (nb = realloc(c->buf, cap)) == NULL)
 			{
 				respond(c, 413, "Payload Too Large", true);
@@ -303,6 +256,42 @@ conn_read(WhConn *c)
 	serve(c);
 }
 
+/*
+ * Accept every waiting connection.  With every slot taken, the connection
+ * that has waited longest for its request gives its slot up: a peer that
+ * opens connections and sends slowly or nothing (slow loris) can delay
+ * Telegram's posts by a moment, never lock them out for WH_TIMEOUT_MS.
+ */
+static void
+accept_all(int lfd)
+{
+	for (;;)
+	{
+		int			fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		WhConn	   *slot = NULL;
+
+		if (fd < 0)
+			return;
+		for (int i = 0; i < WH_MAX_CONNS; i++)
+		{
+			if (conns[i].fd < 0)
+			{
+				slot = &conns[i];
+				break;
+			}
+			if (slot == NULL || conns[i].deadline < slot->deadline)
+				slot = &conns[i];
+		}
+		if (slot->fd >= 0)
+		{
+			relay_log(LOG_DEBUG, "webhook: %d connections open, the one waiting longest closed", WH_MAX_CONNS);
+			conn_close(slot);
+		}
+		slot->fd = fd;
+		slot->deadline = relay_now_ms() + WH_TIMEOUT_MS;
+	}
+}
+
 int
 webhook_run(void)
 {
@@ -322,7 +311,6 @@ webhook_run(void)
 	while (!atomic_load(&relay_stop))
 	{
 		int			n = 0;
-		int			active = 0;
 		long		now = relay_now_ms();
 
 		for (int i = 0; i < WH_MAX_CONNS; i++)
@@ -336,13 +324,9 @@ webhook_run(void)
 			}
 			pfds[n] = (struct pollfd) {.fd = conns[i].fd, .events = POLLIN};
 			map[n++] = i;
-			active++;
 		}
-		if (active < WH_MAX_CONNS)
-		{
-			pfds[n] = (struct pollfd) {.fd = lfd, .events = POLLIN};
-			map[n++] = -1;
-		}
+		pfds[n] = (struct pollfd) {.fd = lfd, .events = POLLIN};
+		map[n++] = -1;
 		if (poll(pfds, n, 200) <= 0)
 			continue;
 		for (int k = 0; k < n; k++)
@@ -354,18 +338,7 @@ webhook_run(void)
 				conn_read(&conns[map[k]]);
 				continue;
 			}
-			for (int i = 0; i < WH_MAX_CONNS; i++)
-			{
-				int			fd;
-
-				if (conns[i].fd >= 0)
-					continue;
-				fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-				if (fd < 0)
-					break;
-				conns[i].fd = fd;
-				conns[i].deadline = relay_now_ms() + WH_TIMEOUT_MS;
-			}
+			accept_all(lfd);
 		}
 	}
 	for (int i = 0; i < WH_MAX_CONNS; i++)

@@ -331,6 +331,54 @@ def _():
             assert h.stop() == 0
 
 
+def raw_http(port, data, timeout=5):
+    """Send raw bytes as one request; the status line's code, or None if the relay closed without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as so:
+        so.sendall(data)
+        answer = so.recv(4096)
+    m = re.match(rb"HTTP/1\.1 (\d+) ", answer)
+    return int(m.group(1)) if m else None
+
+
+@case("webhook: slow clients, framing", "100 connections that send half a request and wait (slow loris) while "
+      "Telegram posts: its update is answered 200 and stored within 2 s; two Content-Length headers -> 400, "
+      "Transfer-Encoding -> 411, a 9 KiB head -> 431, a 2 MiB body -> 413; nothing of those stored")
+def _():
+    secret = "s3cret_" + "y" * 20
+    port = free_port()
+    hook = Relay(env, extra_env={"RELAY_WEBHOOK_LISTEN": "127.0.0.1:%d" % port, "TELEGRAM_WEBHOOK_SECRET": secret})
+    slow = []
+    try:
+        wait_for(lambda: open(env.relay_log).read().count("webhook: listening on 127.0.0.1:%d" % port) >= 1, 10,
+                 "listening")
+        for _ in range(100):
+            so = socket.create_connection(("127.0.0.1", port), timeout=5)
+            so.sendall(b"POST / HTTP/1.1\r\nHost: relay\r\nContent-Len")
+            slow.append(so)
+        time.sleep(0.5)
+        u = text(37001, "/start")
+        u["update_id"] = 895001
+        t0 = time.time()
+        assert post_webhook(port, u, secret, timeout=5) == 200
+        took = time.time() - t0
+        print("    with 100 slow connections open: answered in %.3f s" % took)
+        assert took < 2, "the post waited %.1f s behind slow connections" % took
+        assert inbox(895001) != "", "answered 200 but not stored"
+        body = b'{"update_id":895002,"message":{"chat":{"id":37002}}}'
+        head = "POST / HTTP/1.1\r\nX-Telegram-Bot-Api-Secret-Token: %s\r\n" % secret
+        assert raw_http(port, (head + "Content-Length: %d\r\nContent-Length: 2\r\n\r\n" % len(body)).encode()
+                        + body) == 400
+        assert raw_http(port, (head + "Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body)).encode()
+                        + body + b"\r\n0\r\n\r\n") == 411
+        assert raw_http(port, (head + "X-Pad: %s\r\n\r\n" % ("p" * 9000)).encode()) == 431
+        assert raw_http(port, (head + "Content-Length: %d\r\n\r\n" % (2 * 1024 * 1024)).encode()) == 413
+        assert inbox(895002) == "", "a refused request was stored"
+    finally:
+        for so in slow:
+            so.close()
+        assert hook.stop() == 0
+
+
 @case("a message queued from SQL", "regstage.send_message() committed in psql reaches the stand-in within 1 s; one "
       "queued in a transaction that rolls back never does")
 def _():

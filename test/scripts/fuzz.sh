@@ -25,6 +25,7 @@ fuzz_s3_xml       | pg_regstage/s3_xml.c                          |
 fuzz_relay_parse  | relay/telegram.c relay/log.c                   | -lcurl -ljansson -lpthread
 fuzz_relay_scan   | relay/scan.c relay/log.c                       | -ljansson -lpthread
 fuzz_relay_redact | relay/log.c                                   | -lpthread
+fuzz_relay_http   | relay/http.c                                  |
 '
 SECONDS_EACH=${REGSTAGE_FUZZ_SECONDS:-15}
 

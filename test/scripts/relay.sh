@@ -69,6 +69,8 @@ if [ -f "$W/left-running.pid" ]; then
 	else
 		echo "ok: the relay left running was stopped by its pid file" >&2
 	fi
+elif [ -n "${REGSTAGE_CASES:-}" ]; then
+	echo "skipped: the cleanup check (its case was not selected by REGSTAGE_CASES)" >&2
 else
 	echo "FAIL: no relay was left running for the cleanup check" >&2
 	rc=1
