@@ -1,23 +1,42 @@
 /*
  * worker.c — the orphan-cleanup background worker.
  *
- * Registered when pg_regstage is in shared_preload_libraries.  Every
- * regstage.cleanup_interval it runs cleanup_run(), then the retention purge
- * of the inbox and outbox (regstage.purge_processed()), each in its own
- * transaction, in regstage.database.  The canonical loop (worker_spi, autoprewarm):
- * wait on the latch, reset it, serve interrupts, reload the configuration,
- * work.  SIGUSR1 keeps PostgreSQL's handler so ProcSignalBarriers (DROP
- * DATABASE) are served; an error in one run is logged and the loop goes on.
+ * Registered when pg_regstage is in shared_preload_libraries, as two kinds
+ * of process:
  *
- * It also starts on a hot standby (BgWorkerStart_ConsistentState), where it
- * does nothing: the primary's worker owns the upload directory and the
- * queues.  It says so once, and once more when the server is promoted, so
- * after a failover exactly one node of a cluster cleans up.
+ *   the scheduler   (backend_type "pg_regstage cleanup"), always running,
+ *                   connected to no database (shared catalogs only, as
+ *                   TimescaleDB's launcher does): it waits for
+ *                   regstage.cleanup_interval and then starts
+ *   a run           (backend_type "pg_regstage cleanup run"), a dynamic
+ *                   worker connected to regstage.database, which runs
+ *                   cleanup_run() and then the retention purges
+ *                   (regstage.purge_processed(), purge_rejected()), each in
+ *                   its own transaction, and exits.
+ *
+ * So between runs no process of pg_regstage is in the database, and a plain
+ * DROP DATABASE of it works; a bgworker connected for life would make it
+ * wait 5 s and fail.  The scheduler looks the database up in pg_database
+ * (a shared catalog) before each run and says once that it is missing
+ * rather than starting runs that fail.  Its loop is the canonical one
+ * (worker_spi, autoprewarm): wait on the latch, reset it, serve interrupts,
+ * reload the configuration, work.  An error in a run is logged and the next
+ * run comes at the next interval.
+ *
+ * The scheduler also starts on a hot standby (BgWorkerStart_ConsistentState),
+ * where it starts no run: the primary's worker owns the upload directory
+ * and the queues.  It says so once, and once more when the server is
+ * promoted, so after a failover exactly one node of a cluster cleans up.
  */
 #include "postgres.h"
 
-#include "access/xlog.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_database.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -42,6 +61,7 @@
 #define WORKER_STANDBY_POLL_MS 1000	/* how soon a promotion is noticed */
 
 PGDLLEXPORT void regstage_worker_main(Datum arg);
+PGDLLEXPORT void regstage_cleanup_run_main(Datum arg);
 
 void
 worker_register(void)
@@ -176,18 +196,100 @@ worker_on_standby(bool *was_standby)
 	return standby;
 }
 
+/* Does regstage.database exist?  Said once per change. */
+static bool
+database_exists(bool *was_missing)
+{
+	bool		exists;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	/*
+	 * A heap scan of pg_database, as the autovacuum launcher does: with no
+	 * database selected, the catalog's index cannot be opened.
+	 */
+	exists = false;
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!exists && (tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		exists = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tup))->datname), regstage_database) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	if (!exists && !*was_missing)
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup worker: database \"%s\" (regstage.database) does not exist; no cleanup until it is created",
+						regstage_database)));
+	else if (exists && *was_missing)
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup worker: database \"%s\" exists again; cleanup runs every %d s",
+						regstage_database, regstage_cleanup_interval_s)));
+	*was_missing = !exists;
+	return exists;
+}
+
+/*
+ * Start one run in regstage.database and wait for it to end.  The wait
+ * serves interrupts: a fast shutdown stops both processes.
+ */
+static void
+start_run(void)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_regstage");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "regstage_cleanup_run_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_regstage cleanup run");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_regstage cleanup run");
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(LOG,
+				(errmsg("pg_regstage cleanup worker: no background worker slot free for a run; the next try is in %d s",
+						regstage_cleanup_interval_s),
+				 errhint("Raise max_worker_processes (now %d): a run needs one slot while it lasts.",
+						 max_worker_processes)));
+		return;
+	}
+	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+		(void) WaitForBackgroundWorkerShutdown(handle);
+	pfree(handle);
+}
+
+/* A run: connected to regstage.database, the cleanup and the purges, then exit. */
+void
+regstage_cleanup_run_main(Datum arg)
+{
+	pqsignal(SIGTERM, die);		/* a long scan must stop promptly too */
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(regstage_database, NULL, 0);
+	worker_run_once("pg_regstage cleanup run", run_cleanup);
+	worker_run_once("pg_regstage retention purge", run_purge);
+	proc_exit(0);
+}
+
 void
 regstage_worker_main(Datum arg)
 {
 	TimestampTz next_run;
 	bool		was_standby = false;
+	bool		was_missing = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);		/* a long scan must stop promptly too */
+	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(regstage_database, NULL, 0);
+	/* no database: shared catalogs only, so no DROP DATABASE waits for this process */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	ereport(LOG,
-			(errmsg("pg_regstage cleanup worker started in database \"%s\", interval %d s",
+			(errmsg("pg_regstage cleanup worker started for database \"%s\", interval %d s",
 					regstage_database, regstage_cleanup_interval_s)));
 
 	next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -227,8 +329,8 @@ regstage_worker_main(Datum arg)
 		if (regstage_cleanup_interval_s <= 0 || GetCurrentTimestamp() < next_run)
 			continue;
 
-		worker_run_once("pg_regstage cleanup run", run_cleanup);
-		worker_run_once("pg_regstage retention purge", run_purge);
+		if (database_exists(&was_missing))
+			start_run();
 		next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											   (int64) regstage_cleanup_interval_s * 1000);
 	}

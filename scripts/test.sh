@@ -19,12 +19,13 @@
 # the end every suite's bot token is looked for in every log and output
 # directory the suites write ("token-secrecy").  Runs on one machine take
 # turns (flock on $REGSTAGE_TEST_LOCK): they share the installed extension
-# and the servers' ports.
+# and the servers' ports.  The lock stays with flock itself (-o), so a server
+# a failed run leaves behind does not hold it for every later run.
 set -Eeuo pipefail
 
 if [ -z "${REGSTAGE_TEST_LOCKED:-}" ]; then
 	export REGSTAGE_TEST_LOCKED=1
-	exec flock "${REGSTAGE_TEST_LOCK:-/tmp/regstage-test.lock}" bash "$0" "$@"
+	exec flock -o "${REGSTAGE_TEST_LOCK:-/tmp/regstage-test.lock}" bash "$0" "$@"
 fi
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,7 +1,9 @@
-# The orphan-cleanup background worker in a temporary instance: it runs at
-# regstage.cleanup_interval, picks up a new interval on reload, survives a
-# failing run in the same process, serves the barrier of any DROP DATABASE,
-# lets its own database be dropped, and stops promptly.
+# The orphan-cleanup background worker in a temporary instance: its
+# scheduler starts a run at regstage.cleanup_interval, picks up a new
+# interval on reload, survives a failing run, serves the barrier of any DROP
+# DATABASE, holds no connection to its own database between runs (a plain
+# DROP DATABASE of it works), says once that the database is missing, and
+# stops promptly.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -23,10 +25,10 @@ regstage.database = 'postgres'
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_regstage');
 
-# the worker is visible with a clear backend_type
+# the scheduler is visible with a clear backend_type, in no database
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup'"),
-	'worker shows in pg_stat_activity as "pg_regstage cleanup"');
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup' AND datname IS NULL"),
+	'the scheduler shows in pg_stat_activity as "pg_regstage cleanup", connected to no database');
 
 # an orphan older than cleanup_max_age is removed by the worker, a new one kept
 mkdir "$uploads/42";
@@ -52,8 +54,8 @@ is($node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup'"), $pid,
 	'same worker process after the reload');
 
-# a failing run is logged and the next run still happens, in the same
-# process (a crash and a restart by the postmaster would pass otherwise)
+# a failing run is logged and the next run still happens, with the same
+# scheduler (a crash and a restart by the postmaster would pass otherwise)
 $offset = -s $node->logfile;
 rename $uploads, "$uploads.away" or die;
 ok($node->wait_for_log(qr/pg_regstage cleanup run failed: could not access upload directory/, $offset),
@@ -61,9 +63,9 @@ ok($node->wait_for_log(qr/pg_regstage cleanup run failed: could not access uploa
 rename "$uploads.away", $uploads or die;
 $offset = -s $node->logfile;
 ok($node->wait_for_log(qr/pg_regstage cleanup: finished/, $offset), 'the next run succeeds');
-is(worker_pid(), $pid, 'the same worker process before and after the failing run');
-unlike(substr(slurp_file($node->logfile), 0), qr/background worker "pg_regstage cleanup" \(PID \d+\) exited/,
-	'the worker never exited');
+is(worker_pid(), $pid, 'the same scheduler before and after the failing run');
+unlike(substr(slurp_file($node->logfile), 0), qr/background worker "pg_regstage cleanup(?: run)?" \(PID \d+\) exited/,
+	'neither the scheduler nor a run exited with an error');
 
 # interval 0 disables the worker's runs: nothing starts after the reload is
 # applied (the worker reloads between runs, so none is in progress then)
@@ -89,35 +91,41 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup' AND pid <> $pid"),
 	'worker restarted after SIGTERM');
 
-# the worker's own database: the worker connected to it
+# the worker's own database: runs connect to it, and leave it between runs
 $node->safe_psql('postgres', 'CREATE DATABASE workerdb');
 $node->safe_psql('workerdb', 'CREATE EXTENSION pg_regstage');
-$node->append_conf('postgresql.conf', "regstage.database = 'workerdb'\nregstage.cleanup_interval = 1\n");
+# (its own upload directory: the first one belongs to database "postgres")
+my $uploads2 = PostgreSQL::Test::Utils::tempdir;
+$node->append_conf('postgresql.conf',
+	"regstage.database = 'workerdb'\nregstage.upload_dir = '$uploads2'\nregstage.cleanup_interval = 1\n");
 $node->restart;
-ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup' AND datname = 'workerdb'"),
-	'the worker is connected to regstage.database (workerdb)');
-# A plain DROP DATABASE waits 5 s for the worker's session and then fails:
-# a bgworker holds its database for life.  What the README's "never blocks
-# DROP DATABASE" needs (a worker that leaves the database between runs) is
-# not there yet; this records it without failing the suite.
-TODO:
-{
-	local $TODO = 'the worker keeps its database open between runs';
-	$t0 = time;
-	my ($ret) = $node->psql('postgres', 'DROP DATABASE workerdb');
-	ok($ret == 0 && time - $t0 < 5, 'plain DROP DATABASE of the worker\'s database succeeds promptly');
-}
+$offset = -s $node->logfile;
+ok($node->wait_for_log(qr/pg_regstage cleanup: finished/, $offset), 'a run in regstage.database (workerdb)');
+ok($node->poll_query_until('workerdb', "SELECT count(*) >= 2 FROM regstage.cleanup_runs"),
+	'runs are recorded in workerdb every second');
+# A plain DROP DATABASE: no pg_regstage process holds the database between
+# runs, and a run in progress ends within milliseconds (DROP DATABASE waits
+# up to 5 s for other sessions to leave).
 $t0 = time;
-$node->safe_psql('postgres', 'DROP DATABASE IF EXISTS workerdb WITH (FORCE)');
-ok(time - $t0 < 5, 'DROP DATABASE ... WITH (FORCE) of the worker\'s database is prompt');
+my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE workerdb');
+is($ret, 0, "plain DROP DATABASE of the worker's database succeeds ($err)");
+ok(time - $t0 < 5, "plain DROP DATABASE of the worker's database is prompt");
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'workerdb'"), '0',
 	'the worker\'s database is gone');
-# once the database exists again, the restarted worker (every 10 s) is back in it
+ok($node->wait_for_log(qr/database "workerdb" \(regstage.database\) does not exist; no cleanup until it is created/,
+	$offset), 'the scheduler says the database is missing');
+sleep 3;
+my $log = substr(slurp_file($node->logfile), $offset);
+my $said = () = $log =~ /does not exist; no cleanup until it is created/g;
+is($said, 1, 'said once, not every second');
+unlike($log, qr/FATAL:  database "workerdb" does not exist/, 'no run started into the missing database');
+# once the database exists again, runs go on there
+$offset = -s $node->logfile;
 $node->safe_psql('postgres', 'CREATE DATABASE workerdb');
-ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_regstage cleanup' AND datname = 'workerdb'"),
-	'the worker is back in its re-created database');
+$node->safe_psql('workerdb', 'CREATE EXTENSION pg_regstage');
+ok($node->wait_for_log(qr/database "workerdb" exists again/, $offset), 'the scheduler sees it again');
+ok($node->poll_query_until('workerdb', "SELECT count(*) >= 1 FROM regstage.cleanup_runs"),
+	'runs go on in the re-created database');
 
 # fast shutdown is prompt
 $t0 = time;
