@@ -218,13 +218,15 @@ regstage_require_preload(void)
 }
 
 /*
- * Read a secret file into buf (NUL-terminated).  Never raises: the Redis
- * connection is also made where an ERROR is not allowed (after commit).
- * Returns 0, or an SQLSTATE with a message naming the setting and the path
- * -- never the content -- in why.
+ * Read a secret file into buf (NUL-terminated): the bot token, the Redis
+ * password and the S3 secret key all come through here, with the same
+ * checks (regular file, the server's OS user's, no group or other access,
+ * one line).  Never raises: the Redis connection is also made where an
+ * ERROR is not allowed (after commit).  Returns 0, or an SQLSTATE with a
+ * message naming the setting and the path -- never the content -- in why.
  */
-static int
-secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
+int
+regstage_secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
 				 char *why, size_t whylen)
 {
 	int			fd;
@@ -342,7 +344,7 @@ regstage_bot_token_value(void)
 
 	if (regstage_bot_token_file == NULL || regstage_bot_token_file[0] == '\0')
 		return pstrdup(regstage_bot_token ? regstage_bot_token : "");
-	code = secret_file_read("regstage.bot_token_file", regstage_bot_token_file,
+	code = regstage_secret_file_read("regstage.bot_token_file", regstage_bot_token_file,
 							buf, sizeof(buf), why, sizeof(why));
 	if (code != 0)
 		ereport(ERROR,
@@ -375,7 +377,7 @@ regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen
 		}
 		return true;
 	}
-	*code = secret_file_read("regstage.redis_password_file", regstage_redis_password_file,
+	*code = regstage_secret_file_read("regstage.redis_password_file", regstage_redis_password_file,
 							 buf, buflen, why, whylen);
 	return *code == 0;
 }

@@ -63,6 +63,8 @@ extern bool regstage_require_preload(void);
 	bool		regstage_preloaded pg_attribute_unused() = regstage_require_preload()
 extern List *regstage_required_document_list(void);
 extern char *regstage_bot_token_value(void);
+extern int	regstage_secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
+									  char *why, size_t whylen);
 extern bool regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen,
 										  int *code);
 
