@@ -184,6 +184,16 @@ check_s3_endpoint(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Is s made of a-z, 0-9 and the characters in punct only (bucket and region names)? */
+static bool
+lower_name(const char *s, const char *punct)
+{
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr(punct, *p) != NULL))
+			return false;
+	return true;
+}
+
 static bool
 check_s3_bucket(char **newval, void **extra, GucSource source)
 {
@@ -197,12 +207,11 @@ check_s3_bucket(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("A bucket name has 3-63 characters.");
 		return false;
 	}
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
-		{
-			GUC_check_errdetail("A bucket name has only a-z, 0-9, \"-\" and \".\".");
-			return false;
-		}
+	if (!lower_name(s, "-."))
+	{
+		GUC_check_errdetail("A bucket name has only a-z, 0-9, \"-\" and \".\".");
+		return false;
+	}
 	return true;
 }
 
@@ -217,12 +226,11 @@ check_s3_region(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("A region has 1-64 characters.");
 		return false;
 	}
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
-		{
-			GUC_check_errdetail("A region has only a-z, 0-9, \"-\" and \"_\".");
-			return false;
-		}
+	if (!lower_name(s, "-_"))
+	{
+		GUC_check_errdetail("A region has only a-z, 0-9, \"-\" and \"_\".");
+		return false;
+	}
 	return true;
 }
 
@@ -244,17 +252,6 @@ check_s3_access_key(char **newval, void **extra, GucSource source)
 			GUC_check_errdetail("An access key has no spaces, \"/\" or non-ASCII characters.");
 			return false;
 		}
-	return true;
-}
-
-static bool
-check_secret_key_file(char **newval, void **extra, GucSource source)
-{
-	if (*newval && **newval && !is_absolute_path(*newval))
-	{
-		GUC_check_errdetail("The path must be absolute.");
-		return false;
-	}
 	return true;
 }
 
@@ -289,7 +286,7 @@ s3_define_gucs(void)
 							   "Absolute path of the file holding the secret access key.",
 							   "The file must belong to the server's OS user and have mode 0600 or 0400; it is re-read when it changes.",
 							   &regstage_s3_secret_key_file, "",
-							   PGC_SUSET, GUC_SUPERUSER_ONLY, check_secret_key_file,
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, regstage_check_absolute_or_empty,
 							   assign_secret_key_file, NULL);
 }
 
@@ -340,22 +337,7 @@ s3_secret(void)
 static char *
 redact_secret(const char *text)
 {
-	StringInfoData out;
-	const char *p = text;
-	const char *hit;
-	size_t		slen = secret_value ? strlen(secret_value) : 0;
-
-	if (slen == 0)
-		return pstrdup(text);
-	initStringInfo(&out);
-	while ((hit = strstr(p, secret_value)) != NULL)
-	{
-		appendBinaryStringInfo(&out, p, hit - p);
-		appendStringInfoString(&out, "<secret>");
-		p = hit + slen;
-	}
-	appendStringInfoString(&out, p);
-	return out.data;
+	return regstage_redact(text, secret_value, "<secret>");
 }
 
 /* ---- keys --------------------------------------------------------------- */
