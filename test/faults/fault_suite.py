@@ -666,6 +666,53 @@ def _():
     invariants()
 
 
+@case("after inserts: released savepoint, then ROLLBACK", "commit_registration in a savepoint that is released, "
+      "then the top level rolls back: the files go too")
+def _():
+    tid = new_tid()
+    stage(tid)
+    s = env.session()
+    out = s.run("BEGIN; SAVEPOINT a; SELECT regstage.commit_registration(%d) > 0; RELEASE SAVEPOINT a; ROLLBACK" % tid)
+    s.close()
+    check(sqlstate(out) is None, out)
+    check(not registered(tid) and not files_of(tid), "a row or files left for %d: %s" % (tid, files_of(tid)))
+    invariants(failed=[tid])
+
+
+@case("after inserts: PL/pgSQL exception block", "an exception block that fails after commit_registration "
+      "undoes it: no row, no files, staged kept")
+def _():
+    tid = new_tid()
+    stage(tid)
+    out = env.sql("DO $$ BEGIN BEGIN PERFORM regstage.commit_registration(%d); RAISE EXCEPTION 'after the commit'; "
+                  "EXCEPTION WHEN raise_exception THEN NULL; END; END $$" % tid)
+    check(not registered(tid) and not files_of(tid), "a row or files left for %d: %s (%s)" % (tid, files_of(tid), out))
+    invariants(failed=[tid])
+
+
+@case("row deletes: the file goes at commit", "DELETE of a documents row rolled back: file kept; in a savepoint rolled "
+      "back: kept; committed: gone; a users row deleted: its documents' files go with the cascade at commit")
+def _():
+    tid, tid2 = new_tid(), new_tid()
+    stage(tid)
+    stage(tid2)
+    check(commit(tid)[0] is None and commit(tid2)[0] is None, "commit_registration failed")
+    path = env.sql("SELECT d.file_path FROM regstage.documents d JOIN regstage.users u ON u.id = d.user_id "
+                   "WHERE u.telegram_id = %d AND d.doc_type = 'passport'" % tid)
+    s = env.session()
+    s.run("BEGIN; DELETE FROM regstage.documents WHERE file_path = '%s'; ROLLBACK" % path)
+    check(len(files_of(tid)) == 2, "a rolled-back DELETE took the file: %s" % files_of(tid))
+    s.run("BEGIN; SAVEPOINT a; DELETE FROM regstage.documents WHERE file_path = '%s'; ROLLBACK TO SAVEPOINT a; COMMIT"
+          % path)
+    check(len(files_of(tid)) == 2, "a DELETE in a rolled-back savepoint took the file: %s" % files_of(tid))
+    s.run("DELETE FROM regstage.documents WHERE file_path = '%s'" % path)
+    check(len(files_of(tid)) == 1, "the committed DELETE left the file: %s" % files_of(tid))
+    s.run("DELETE FROM regstage.users WHERE telegram_id = %d" % tid2)
+    s.close()
+    check(not files_of(tid2), "the cascade left files: %s" % files_of(tid2))
+    invariants()
+
+
 @case("at COMMIT: Redis stopped", "COMMIT succeeds with the WARNING naming the telegram_id (client and server log); "
       "the stale staging is cleared by the next /start")
 def _():
