@@ -41,8 +41,8 @@ cleanup() {
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
 	stop_postgres "$W"
-	[ "$STORAGE" = s3 ] && s3_servers_stop "$W"
-	mountpoint -q "$SMALL" && umount "$SMALL"
+	if [ "$STORAGE" = s3 ]; then s3_servers_stop "$W"; fi
+	if mountpoint -q "$SMALL"; then umount "$SMALL"; fi	# an if: the trap's last status is the script's
 }
 trap cleanup EXIT
 stop_relays "$REGSTAGE_RELAY_PIDS"	# relays of a crashed earlier run
