@@ -3,10 +3,15 @@
  * clients, or the "floor": the same inserts (with the content's SHA-256) and
  * the same file writes (with fsync) done directly, with no Redis and no HTTP.
  *
- *   commit_bench commit CONNINFO N CLIENTS FIRST_TID
- *   commit_bench floor  CONNINFO N CLIENTS FIRST_TID SIZE UPLOAD_DIR
+ *   commit_bench commit   CONNINFO N CLIENTS FIRST_TID
+ *   commit_bench floor    CONNINFO N CLIENTS FIRST_TID SIZE UPLOAD_DIR
+ *   commit_bench s3floor  BUCKET_URL N CLIENTS FIRST_TID SIZE
  *
- * Prints: ops/s, p50 ms, p99 ms, peak backend RSS (VmHWM, kB).
+ * s3floor is the object store's floor: per registration two unsigned PUTs
+ * of SIZE bytes to BUCKET_URL/<tid>/{passport,selfie} over keep-alive
+ * connections, no database: what the S3 server takes at most.
+ *
+ * Prints: ops/s, p50 ms, p99 ms, peak backend RSS (VmHWM, kB; 0 for s3floor).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 
@@ -147,6 +153,71 @@ floor_op(PGconn *c, long long tid, const char *buf)
 	exec_ok(c, "COMMIT", 0, NULL, PGRES_COMMAND_OK);
 }
 
+static size_t
+discard_body(char *ptr __attribute__((unused)), size_t size, size_t nmemb, void *ud __attribute__((unused)))
+{
+	return size * nmemb;
+}
+
+/* The object store's floor: the two PUTs of one registration. */
+static void
+s3floor_op(CURL *e, long long tid, const char *buf)
+{
+	for (int d = 0; d < 2; d++)
+	{
+		char		url[8300];
+		long		status = 0;
+		CURLcode	rc;
+
+		snprintf(url, sizeof(url), "%s/floor/%lld/%s", conninfo, tid, d == 0 ? "passport" : "selfie");
+		curl_easy_setopt(e, CURLOPT_URL, url);
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, buf);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) size_bytes);
+		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard_body);
+		rc = curl_easy_perform(e);
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+		if (rc != CURLE_OK || status != 200)
+		{
+			fprintf(stderr, "commit_bench: PUT %s: %s, HTTP %ld\n", url, curl_easy_strerror(rc), status);
+			exit(1);
+		}
+	}
+}
+
+static void *
+s3client(void *arg __attribute__((unused)))
+{
+	CURL	   *e = curl_easy_init();
+	char	   *buf = malloc(size_bytes);
+	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/octet-stream");
+
+	if (e == NULL || buf == NULL || h == NULL)
+		die("out of memory", NULL);
+	for (long i = 0; i < size_bytes; i++)
+		buf[i] = (char) (i * 7919);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	for (;;)
+	{
+		int			op;
+		double		t0;
+
+		pthread_mutex_lock(&mu);
+		op = next_op < nops ? next_op++ : -1;
+		pthread_mutex_unlock(&mu);
+		if (op < 0)
+			break;
+		t0 = now_ms();
+		s3floor_op(e, first_tid + op, buf);
+		lat_ms[op] = now_ms() - t0;
+	}
+	curl_easy_cleanup(e);
+	curl_slist_free_all(h);
+	free(buf);
+	return NULL;
+}
+
 static void *
 client(void *arg __attribute__((unused)))
 {
@@ -228,7 +299,7 @@ main(int argc, char **argv)
 
 	if (argc < 6)
 	{
-		fprintf(stderr, "usage: commit_bench commit|floor CONNINFO N CLIENTS FIRST_TID [SIZE UPLOAD_DIR]\n");
+		fprintf(stderr, "usage: commit_bench commit|floor|s3floor CONNINFO|BUCKET_URL N CLIENTS FIRST_TID [SIZE [UPLOAD_DIR]]\n");
 		return 2;
 	}
 	mode = argv[1];
@@ -243,11 +314,18 @@ main(int argc, char **argv)
 		size_bytes = atol(argv[6]);
 		upload_dir = argv[7];
 	}
+	if (strcmp(mode, "s3floor") == 0)
+	{
+		if (argc < 7)
+			return 2;
+		size_bytes = atol(argv[6]);
+		curl_global_init(CURL_GLOBAL_ALL);
+	}
 	lat_ms = calloc(nops, sizeof(double));
 	t = calloc(nclients, sizeof(pthread_t));
 	t0 = now_ms();
 	for (int i = 0; i < nclients; i++)
-		pthread_create(&t[i], NULL, client, NULL);
+		pthread_create(&t[i], NULL, strcmp(mode, "s3floor") == 0 ? s3client : client, NULL);
 	for (int i = 0; i < nclients; i++)
 		pthread_join(t[i], NULL);
 	elapsed = now_ms() - t0;

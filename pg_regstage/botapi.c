@@ -98,23 +98,7 @@ static const char *bot_token = NULL;
 char *
 botapi_redact(const char *text)
 {
-	const char *token = bot_token ? bot_token : regstage_bot_token;
-	size_t		tlen = token ? strlen(token) : 0;
-	StringInfoData out;
-	const char *p = text;
-	const char *hit;
-
-	if (tlen == 0)
-		return pstrdup(text);
-	initStringInfo(&out);
-	while ((hit = strstr(p, token)) != NULL)
-	{
-		appendBinaryStringInfo(&out, p, hit - p);
-		appendStringInfoString(&out, "<token>");
-		p = hit + tlen;
-	}
-	appendStringInfoString(&out, p);
-	return out.data;
+	return regstage_redact(text, bot_token ? bot_token : regstage_bot_token, "<token>");
 }
 
 /* curl progress callback: abort the transfer when a cancel or terminate is pending. */

@@ -143,8 +143,9 @@ check_admin_chat_id(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-static bool
-check_absolute_or_empty(char **newval, void **extra, GucSource source)
+/* check hook of every path setting: empty, or an absolute path */
+bool
+regstage_check_absolute_or_empty(char **newval, void **extra, GucSource source)
 {
 	if (*newval && **newval && !is_absolute_path(*newval))
 	{
@@ -218,13 +219,15 @@ regstage_require_preload(void)
 }
 
 /*
- * Read a secret file into buf (NUL-terminated).  Never raises: the Redis
- * connection is also made where an ERROR is not allowed (after commit).
- * Returns 0, or an SQLSTATE with a message naming the setting and the path
- * -- never the content -- in why.
+ * Read a secret file into buf (NUL-terminated): the bot token, the Redis
+ * password and the S3 secret key all come through here, with the same
+ * checks (regular file, the server's OS user's, no group or other access,
+ * one line).  Never raises: the Redis connection is also made where an
+ * ERROR is not allowed (after commit).  Returns 0, or an SQLSTATE with a
+ * message naming the setting and the path -- never the content -- in why.
  */
-static int
-secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
+int
+regstage_secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
 				 char *why, size_t whylen)
 {
 	int			fd;
@@ -327,6 +330,32 @@ secret_file_read(const char *setting, const char *path, char *buf, size_t bufsiz
 }
 
 /*
+ * A copy of text with every occurrence of secret replaced by placeholder:
+ * for texts from curl and from remote services, which may quote a URL or
+ * header holding the secret.  An empty secret changes nothing.
+ */
+char *
+regstage_redact(const char *text, const char *secret, const char *placeholder)
+{
+	size_t		slen = secret ? strlen(secret) : 0;
+	StringInfoData out;
+	const char *p = text;
+	const char *hit;
+
+	if (slen == 0)
+		return pstrdup(text);
+	initStringInfo(&out);
+	while ((hit = strstr(p, secret)) != NULL)
+	{
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, placeholder);
+		p = hit + slen;
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
  * The bot token: the content of regstage.bot_token_file when that is set
  * (it wins over regstage.bot_token), else regstage.bot_token; "" when
  * neither is set.  Read on every call, so a changed file or setting takes
@@ -342,7 +371,7 @@ regstage_bot_token_value(void)
 
 	if (regstage_bot_token_file == NULL || regstage_bot_token_file[0] == '\0')
 		return pstrdup(regstage_bot_token ? regstage_bot_token : "");
-	code = secret_file_read("regstage.bot_token_file", regstage_bot_token_file,
+	code = regstage_secret_file_read("regstage.bot_token_file", regstage_bot_token_file,
 							buf, sizeof(buf), why, sizeof(why));
 	if (code != 0)
 		ereport(ERROR,
@@ -375,7 +404,7 @@ regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen
 		}
 		return true;
 	}
-	*code = secret_file_read("regstage.redis_password_file", regstage_redis_password_file,
+	*code = regstage_secret_file_read("regstage.redis_password_file", regstage_redis_password_file,
 							 buf, buflen, why, whylen);
 	return *code == 0;
 }
@@ -491,7 +520,7 @@ regstage_define_gucs(void)
 							   "Must be owned by the server's OS user and not accessible to group or others; one trailing newline is ignored. Read when connecting.",
 							   &regstage_redis_password_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   check_absolute_or_empty, NULL, NULL);
+							   regstage_check_absolute_or_empty, NULL, NULL);
 	DefineCustomIntVariable("regstage.redis_db",
 							"Redis database number selected after connecting.",
 							NULL, &regstage_redis_db, 0, 0, 1024,
@@ -542,7 +571,7 @@ regstage_define_gucs(void)
 							   "Absolute directory where document files are stored.",
 							   "The PostgreSQL server's OS user must be able to create files in it.",
 							   &regstage_upload_dir, "",
-							   PGC_SUSET, 0, check_absolute_or_empty, NULL, NULL);
+							   PGC_SUSET, 0, regstage_check_absolute_or_empty, NULL, NULL);
 	DefineCustomStringVariable("regstage.telegram_api_url",
 							   "Base URL of the Telegram Bot API.",
 							   NULL, &regstage_telegram_api_url, "https://api.telegram.org",
@@ -558,7 +587,7 @@ regstage_define_gucs(void)
 							   "Must be owned by the server's OS user and not accessible to group or others; one trailing newline is ignored. Read for every commit.",
 							   &regstage_bot_token_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   check_absolute_or_empty, NULL, NULL);
+							   regstage_check_absolute_or_empty, NULL, NULL);
 	DefineCustomStringVariable("regstage.http_proxy",
 							   "Proxy for Bot API requests (empty: connect directly).",
 							   "The http_proxy, https_proxy and all_proxy environment variables are ignored.",

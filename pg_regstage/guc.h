@@ -5,6 +5,7 @@
 #define REGSTAGE_GUC_H
 
 #include "nodes/pg_list.h"
+#include "utils/guc.h"
 
 /* Redis */
 extern char *regstage_redis_host;
@@ -63,6 +64,10 @@ extern bool regstage_require_preload(void);
 	bool		regstage_preloaded pg_attribute_unused() = regstage_require_preload()
 extern List *regstage_required_document_list(void);
 extern char *regstage_bot_token_value(void);
+extern bool regstage_check_absolute_or_empty(char **newval, void **extra, GucSource source);
+extern char *regstage_redact(const char *text, const char *secret, const char *placeholder);
+extern int	regstage_secret_file_read(const char *setting, const char *path, char *buf, size_t bufsize,
+									  char *why, size_t whylen);
 extern bool regstage_redis_password_value(char *buf, size_t buflen, char *why, size_t whylen,
 										  int *code);
 

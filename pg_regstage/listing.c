@@ -10,6 +10,10 @@
  * leaves out the ownership marker, and does not enter another upload
  * directory inside this one.  A subdirectory that cannot be read, or lies
  * below the walk's depth limit, is a WARNING and the listing goes on.
+ *
+ * With regstage.storage = 's3' it lists the database's namespace in the
+ * bucket instead (ListObjectsV2, page by page): the object keys, as
+ * documents.file_path holds them.
  */
 #include "postgres.h"
 
@@ -26,6 +30,7 @@
 #include "dirwalk.h"
 #include "ownership.h"
 #include "guc.h"
+#include "s3.h"
 #include "upload.h"
 
 typedef struct Listing
@@ -108,6 +113,40 @@ list_dir(Listing *l, const char *reldir, int depth)
 	}
 }
 
+/* Every object key of the database's namespace, a page at a time. */
+static void
+list_objects(Tuplestorestate *out, TupleDesc desc)
+{
+	MemoryContext page_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage upload_files page",
+												   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext outer = CurrentMemoryContext;
+	char	   *token = NULL;
+
+	do
+	{
+		S3ListPage *page;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(page_cxt);
+		page = s3_list("", token, 1000);
+		foreach(lc, page->objects)
+		{
+			S3Object   *o = lfirst(lc);
+			Datum		value = CStringGetTextDatum(o->key);
+			bool		isnull = false;
+
+			tuplestore_putvalues(out, desc, &value, &isnull);
+		}
+		MemoryContextSwitchTo(outer);
+		if (token)
+			pfree(token);
+		token = page->next_token ? pstrdup(page->next_token) : NULL;
+		MemoryContextReset(page_cxt);
+	} while (token != NULL);
+	MemoryContextDelete(page_cxt);
+}
+
 PG_FUNCTION_INFO_V1(regstage_upload_files);
 
 /* upload_files() → SETOF text */
@@ -116,11 +155,18 @@ regstage_upload_files(PG_FUNCTION_ARGS)
 {
 	REGSTAGE_REQUIRE_PRELOAD();
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	const char *root = upload_check_dir();
-	Listing    *l = palloc0(sizeof(Listing));
+	const char *root;
+	Listing    *l;
 	MemoryContext walk_cxt;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (regstage_storage == REGSTAGE_STORAGE_S3)
+	{
+		list_objects(rsinfo->setResult, rsinfo->setDesc);
+		return (Datum) 0;
+	}
+	root = upload_check_dir();
+	l = palloc0(sizeof(Listing));
 	l->out = rsinfo->setResult;
 	l->desc = rsinfo->setDesc;
 	walk_cxt = AllocSetContextCreate(CurrentMemoryContext, "regstage upload_files walk",

@@ -60,7 +60,6 @@
 #define S3_CONNECT_TIMEOUT_MAX_MS 10000
 #define S3_BODY_MAX (8 * 1024 * 1024)	/* a ListObjectsV2 page of 1000 keys is < 1 MB */
 #define S3_RESUME_ROOM (64 * 1024)	/* resume a paused producer when this much is free */
-#define S3_SECRET_MAX 1024
 #define S3_KEY_MAX 900			/* S3 allows 1024 bytes; leave room for the prefixes */
 
 /* ---- settings ------------------------------------------------------------ */
@@ -81,8 +80,6 @@ static const struct config_enum_entry storage_options[] = {
 
 /* the secret, as last read; malloc'd-like (TopMemoryContext) and wiped on replace */
 static char *secret_value = NULL;
-static struct stat secret_stat;
-static char *secret_path = NULL;
 
 static void
 forget_secret(void)
@@ -92,10 +89,7 @@ forget_secret(void)
 		explicit_bzero(secret_value, strlen(secret_value));
 		pfree(secret_value);
 	}
-	if (secret_path)
-		pfree(secret_path);
 	secret_value = NULL;
-	secret_path = NULL;
 }
 
 static void
@@ -190,6 +184,16 @@ check_s3_endpoint(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Is s made of a-z, 0-9 and the characters in punct only (bucket and region names)? */
+static bool
+lower_name(const char *s, const char *punct)
+{
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr(punct, *p) != NULL))
+			return false;
+	return true;
+}
+
 static bool
 check_s3_bucket(char **newval, void **extra, GucSource source)
 {
@@ -203,12 +207,11 @@ check_s3_bucket(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("A bucket name has 3-63 characters.");
 		return false;
 	}
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
-		{
-			GUC_check_errdetail("A bucket name has only a-z, 0-9, \"-\" and \".\".");
-			return false;
-		}
+	if (!lower_name(s, "-."))
+	{
+		GUC_check_errdetail("A bucket name has only a-z, 0-9, \"-\" and \".\".");
+		return false;
+	}
 	return true;
 }
 
@@ -223,12 +226,11 @@ check_s3_region(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("A region has 1-64 characters.");
 		return false;
 	}
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
-		{
-			GUC_check_errdetail("A region has only a-z, 0-9, \"-\" and \"_\".");
-			return false;
-		}
+	if (!lower_name(s, "-_"))
+	{
+		GUC_check_errdetail("A region has only a-z, 0-9, \"-\" and \"_\".");
+		return false;
+	}
 	return true;
 }
 
@@ -250,17 +252,6 @@ check_s3_access_key(char **newval, void **extra, GucSource source)
 			GUC_check_errdetail("An access key has no spaces, \"/\" or non-ASCII characters.");
 			return false;
 		}
-	return true;
-}
-
-static bool
-check_secret_key_file(char **newval, void **extra, GucSource source)
-{
-	if (*newval && **newval && !is_absolute_path(*newval))
-	{
-		GUC_check_errdetail("The path must be absolute.");
-		return false;
-	}
 	return true;
 }
 
@@ -295,7 +286,7 @@ s3_define_gucs(void)
 							   "Absolute path of the file holding the secret access key.",
 							   "The file must belong to the server's OS user and have mode 0600 or 0400; it is re-read when it changes.",
 							   &regstage_s3_secret_key_file, "",
-							   PGC_SUSET, GUC_SUPERUSER_ONLY, check_secret_key_file,
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, regstage_check_absolute_or_empty,
 							   assign_secret_key_file, NULL);
 }
 
@@ -312,79 +303,32 @@ require_setting(const char *name, const char *value)
 }
 
 /*
- * The secret access key, read from regstage.s3_secret_key_file unless the
- * file is unchanged since the last read.  The file must be a regular file
- * of the server's OS user, unreadable to group and others.
+ * The secret access key, read from regstage.s3_secret_key_file on every
+ * call (a changed file takes effect with the next request), with the
+ * checks every secret file gets (guc.c).  The last value read stays in
+ * secret_value for redact_secret().
  */
 static const char *
 s3_secret(void)
 {
 	const char *path = regstage_s3_secret_key_file;
-	int			fd;
-	struct stat st;
-	char		buf[S3_SECRET_MAX + 2];
-	ssize_t		n;
-	size_t		len;
+	char		buf[REGSTAGE_SECRET_MAX + 2];
+	char		why[MAXPGPATH + 128];
+	int			code;
 
 	require_setting("regstage.s3_secret_key_file", path);
-	fd = OpenTransientFile(path, O_RDONLY);
-	if (fd < 0)
+	code = regstage_secret_file_read("regstage.s3_secret_key_file", path, buf, sizeof(buf),
+									 why, sizeof(why));
+	if (code != 0)
 		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not open regstage.s3_secret_key_file \"%s\": %m", path),
-				 errhint("The file must exist and be readable by the server's OS user.")));
-	if (fstat(fd, &st) < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not stat regstage.s3_secret_key_file \"%s\": %m", path)));
-	if (!S_ISREG(st.st_mode))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("regstage.s3_secret_key_file \"%s\" is not a regular file", path)));
-	if (st.st_uid != geteuid())
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("regstage.s3_secret_key_file \"%s\" is not owned by the server's OS user", path),
-				 errhint("chown it to the user the PostgreSQL server runs as, and chmod 0600.")));
-	if (st.st_mode & (S_IRWXG | S_IRWXO))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("regstage.s3_secret_key_file \"%s\" is accessible to group or others (mode %04o)",
-						path, (unsigned) (st.st_mode & 07777)),
-				 errhint("chmod 0600 (or 0400) the file.")));
-
-	if (secret_value && secret_path && strcmp(secret_path, path) == 0 &&
-		st.st_dev == secret_stat.st_dev && st.st_ino == secret_stat.st_ino &&
-		st.st_size == secret_stat.st_size && st.st_mtime == secret_stat.st_mtime &&
-		st.st_ctime == secret_stat.st_ctime)
+				(errcode(code),
+				 errmsg("%s", why),
+				 errhint("The file must be a regular file owned by the OS user running PostgreSQL, with mode 0600 or 0400, holding the secret access key and at most one trailing newline.")));
+	if (secret_value == NULL || strcmp(secret_value, buf) != 0)
 	{
-		CloseTransientFile(fd);
-		return secret_value;
+		forget_secret();
+		secret_value = MemoryContextStrdup(TopMemoryContext, buf);
 	}
-
-	n = read(fd, buf, sizeof(buf) - 1);
-	if (n < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not read regstage.s3_secret_key_file \"%s\": %m", path)));
-	CloseTransientFile(fd);
-	len = n;
-	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
-					   buf[len - 1] == ' ' || buf[len - 1] == '\t'))
-		len--;
-	buf[len] = '\0';
-	if (n > S3_SECRET_MAX || len == 0 || strlen(buf) != len)
-	{
-		explicit_bzero(buf, sizeof(buf));
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("regstage.s3_secret_key_file \"%s\" does not hold a secret key", path),
-				 errdetail("The file must hold the key on one line of 1-%d bytes.", S3_SECRET_MAX)));
-	}
-	forget_secret();
-	secret_value = MemoryContextStrdup(TopMemoryContext, buf);
-	secret_path = MemoryContextStrdup(TopMemoryContext, path);
-	secret_stat = st;
 	explicit_bzero(buf, sizeof(buf));
 	return secret_value;
 }
@@ -393,22 +337,7 @@ s3_secret(void)
 static char *
 redact_secret(const char *text)
 {
-	StringInfoData out;
-	const char *p = text;
-	const char *hit;
-	size_t		slen = secret_value ? strlen(secret_value) : 0;
-
-	if (slen == 0)
-		return pstrdup(text);
-	initStringInfo(&out);
-	while ((hit = strstr(p, secret_value)) != NULL)
-	{
-		appendBinaryStringInfo(&out, p, hit - p);
-		appendStringInfoString(&out, "<secret>");
-		p = hit + slen;
-	}
-	appendStringInfoString(&out, p);
-	return out.data;
+	return regstage_redact(text, secret_value, "<secret>");
 }
 
 /* ---- keys --------------------------------------------------------------- */
@@ -1226,7 +1155,7 @@ static struct
 {
 	bool		valid;
 	char		access_key[160];
-	char		secret[S3_SECRET_MAX + 1];
+	char		secret[REGSTAGE_SECRET_MAX + 1];
 	char		sigv4[160];
 } delete_cred;
 

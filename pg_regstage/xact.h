@@ -44,9 +44,11 @@ extern void xact_keep_file(const char *path);
  * namespace, s3.h).  Queue the delete-on-abort *before* the PUT starts.
  * Both deletes are network calls made where nothing may raise: each
  * transaction end spends at most XACT_S3_BUDGET_MS on them, and what is not
- * deleted in that time is a WARNING, left to the cleanup.
+ * deleted in that time is a WARNING, left to the cleanup.  Short enough that
+ * a cancel or statement_timeout ends a commit whose service hangs within
+ * 0.5 s, the abort's deletes included (a DELETE takes milliseconds).
  */
-#define XACT_S3_BUDGET_MS 1000
+#define XACT_S3_BUDGET_MS 300
 extern void xact_s3_delete_on_abort(const char *key);
 extern void xact_s3_delete_on_commit(const char *key);
 extern void xact_s3_keep_object(const char *key);

@@ -267,17 +267,29 @@ class Report:
             return fn
         return deco
 
+    def not_run(self, name, checked, why):
+        """A case this run has no part of (another storage backend's): listed
+        as "n/a" with the reason; neither passed nor failed."""
+        self.results.append((name, NotRun(why), checked, 0.0))
+
     def finish(self):
         w = max(len(r[0]) for r in self.results)
         print("\n%-*s | %-7s | %s" % (w, "case", "result", "what was checked"))
         print("-" * (w + 70))
         for name, err, checked, dt in self.results:
-            result = "ok" if err is None else "skipped" if err == "skipped" else "FAILED"
+            result = ("ok" if err is None else "skipped" if err == "skipped" else "n/a" if isinstance(err, NotRun)
+                      else "FAILED")
             print("%-*s | %-7s | %s (%.1f s)" % (w, name, result, checked, dt))
             if err and err != "skipped":
                 print("%*s   -> %s" % (w, "", err))
-        failed = sum(1 for r in self.results if r[1] and r[1] != "skipped")
+        failed = sum(1 for r in self.results if r[1] and r[1] != "skipped" and not isinstance(r[1], NotRun))
         skipped = sum(1 for r in self.results if r[1] == "skipped")
-        print("%d passed, %d failed%s" % (len(self.results) - failed - skipped, failed,
-                                          ", %d skipped (REGSTAGE_CASES)" % skipped if skipped else ""))
+        not_run = sum(1 for r in self.results if isinstance(r[1], NotRun))
+        print("%d passed, %d failed%s%s" % (len(self.results) - failed - skipped - not_run, failed,
+                                            ", %d skipped (REGSTAGE_CASES)" % skipped if skipped else "",
+                                            ", %d not for this run" % not_run if not_run else ""))
         return 1 if failed or skipped else 0
+
+
+class NotRun(str):
+    """Why a case is not part of this run (Report.not_run)."""

@@ -94,6 +94,8 @@ CREATE FUNCTION s3test.put(key text, data bytea) RETURNS text LANGUAGE c STRICT
   AS '$libdir/pg_regstage', 'regstage_s3_put';
 CREATE FUNCTION s3test.head(key text) RETURNS bigint LANGUAGE c STRICT
   AS '$libdir/pg_regstage', 'regstage_s3_head';
+CREATE FUNCTION s3test.delete(key text) RETURNS void LANGUAGE c STRICT
+  AS '$libdir/pg_regstage', 'regstage_s3_delete';
 CREATE FUNCTION s3test.list(prefix text, max_keys int)
   RETURNS TABLE(key text, last_modified timestamptz, size bigint, page int) LANGUAGE c STRICT
   AS '$libdir/pg_regstage', 'regstage_s3_list';
@@ -149,6 +151,32 @@ def _():
     check(objects("93003/") == [], objects("93003/"))
     check(ok("SELECT regstage.staged(93003) IS NOT NULL;") == "t", "staged data kept")
     check(ok("SELECT count(*) FROM regstage.users WHERE telegram_id = 93003;") == "0", "no row")
+
+
+@case("pending_review and fix_document_paths", "file_exists by HEAD; an object moved to another key of the same "
+      "name: file_exists false, upload_files() lists the namespace, fix_document_paths finds it, repairs the row")
+def _():
+    ok(stage(93004) + "SELECT regstage.commit_registration(93004) > 0;")
+    out = ok("SELECT doc_type, file_exists FROM regstage.pending_review WHERE telegram_id = 93004 ORDER BY 1;")
+    check(out.splitlines() == ["passport|t", "selfie|t"], out)
+    doc_id, path = ok("SELECT d.id, d.file_path FROM regstage.documents d JOIN regstage.users u ON u.id = d.user_id "
+                      "WHERE u.telegram_id = 93004 AND d.doc_type = 'passport';").split("|")
+    status, body = fetch(ok("SELECT regstage.document_url(%s);" % doc_id))
+    check(status == 200, "document_url: %s" % status)
+    moved = "restored/" + path.split("/")[-1]
+    ok("SELECT s3test.put('%s', '\\x%s'::bytea); SELECT s3test.delete('%s');" % (moved, body.hex(), path))
+    out = ok("SELECT doc_type, file_exists FROM regstage.pending_review WHERE telegram_id = 93004 ORDER BY 1;")
+    check(out.splitlines() == ["passport|f", "selfie|t"], "after the move: %s" % out)
+    files = ok("SELECT f FROM regstage.upload_files() f ORDER BY 1;").splitlines()
+    check(moved in files and path not in files and sorted(files) == objects(""), "upload_files(): %s" % files)
+    check(ok("SELECT document_id, old_path, new_path, status FROM regstage.fix_document_paths();")
+          == "%s|%s|%s|would fix" % (doc_id, path, moved), "dry run")
+    check(ok("SELECT status FROM regstage.fix_document_paths(false);") == "fixed", "repair")
+    check(ok("SELECT file_path FROM regstage.documents WHERE id = %s;" % doc_id) == moved, "row not repaired")
+    out = ok("SELECT doc_type, file_exists FROM regstage.pending_review WHERE telegram_id = 93004 ORDER BY 1;")
+    check(out.splitlines() == ["passport|t", "selfie|t"], "after the repair: %s" % out)
+    status, again = fetch(ok("SELECT regstage.document_url(%s);" % doc_id))
+    check(status == 200 and again == body, "the repaired row's URL gives the document")
 
 
 @case("a deleted row's object goes after commit", "rolled-back DELETE keeps it; committed DELETE removes it")

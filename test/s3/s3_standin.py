@@ -11,10 +11,16 @@ by bucket name (path-style requests: /<bucket>/<key>):
   err500     500 InternalError          err503  503 SlowDown
   slow       answers after 30 s
   garbage    200 with a body that is not XML
+  open       the same store, no signature asked (bench/run.sh: the server's floor)
   any other  404 NoSuchBucket
 
 GET /_blob/<n> serves n deterministic bytes (a download to stream from);
-GET /_log returns the requests seen, as JSON.
+GET /_log returns the requests seen, as JSON; GET /_objects?prefix=<p>
+returns the verified store's objects under p as {key: [size, sha256]}
+(unsigned: the tests' own view of the store).
+
+Like S3, and unlike s3rver, a PUT whose body did not arrive in full
+stores nothing.
 """
 import argparse
 import base64
@@ -152,6 +158,12 @@ class Handler(BaseHTTPRequestHandler):
             log.append(entry)
         if path == "/_log":
             return self.reply(200, json.dumps(log).encode(), {"Content-Type": "application/json"})
+        if path == "/_objects":
+            prefix = urllib.parse.parse_qs(raw_query).get("prefix", [""])[0]
+            with lock:
+                objs = {k: [len(v[0]), hashlib.sha256(v[0]).hexdigest()] for k, v in store.items()
+                        if k.startswith(prefix)}
+            return self.reply(200, json.dumps(objs).encode(), {"Content-Type": "application/json"})
         if path.startswith("/_blob/"):
             return self.reply(200, blob(int(path[7:])), {"Content-Type": "application/octet-stream"})
         bucket, _, key = path[1:].partition("/")
@@ -167,10 +179,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200)
         if bucket == "garbage":
             return self.reply(200, b"this is not xml <", {"Content-Type": "application/xml"}, head)
-        if bucket != "verified":
+        if bucket not in ("verified", "open"):
             return self.error(404, "NoSuchBucket", "The specified bucket does not exist", head)
 
-        why = self.verify(path, raw_query, payload)
+        why = self.verify(path, raw_query, payload) if bucket == "verified" else None
         entry["signature"] = why or "ok"
         if why == "Request has expired":
             return self.error(403, "AccessDenied", why, head)

@@ -290,7 +290,8 @@ SELECT s3test.try($$SELECT s3test.put('rot/3', 'x')$$);
     assert out[1].startswith("28000 S3 refused PUT") and "SignatureDoesNotMatch" in out[1], out
 
 
-@case("secret file checks", "not set 55000, missing 58P01, mode 0644 / empty F0000, not the server user's 42501")
+@case("secret file checks", "not set 55000, missing 58P01, mode 0644 / empty / two lines F0000, not the server "
+      "user's 42501; the same checks and texts as the bot token file (one reader, guc.c)")
 def _():
     keys = os.path.join(D, "keys")
 
@@ -305,8 +306,9 @@ def _():
     use = "SET regstage.s3_secret_key_file = '%s'; SELECT s3test.put('k', 'x');"
     fails("SET regstage.s3_secret_key_file = ''; SELECT s3test.put('k', 'x');", "55000", "is not set")
     fails(use % os.path.join(keys, "absent"), "58P01", "could not open")
-    fails(use % make("loose", SECRET, 0o644), "F0000", "accessible to group or others (mode 0644)")
-    fails(use % make("empty", "\n", 0o600), "F0000", "does not hold a secret key", hint=False)
+    fails(use % make("loose", SECRET, 0o644), "F0000", "has group or other permissions (mode 0644)")
+    fails(use % make("empty", "\n", 0o600), "F0000", "is empty")
+    fails(use % make("twolines", SECRET + "\n" + SECRET + "\n", 0o600), "F0000", "has more than one line")
     if ROOT:
         fails(use % make("rootowned", SECRET, 0o600, owner_pg=False), "42501", "could not open")
 
