@@ -31,7 +31,7 @@ COMMENT ON FUNCTION regstage.commit_registration(bigint) IS 'downloads the stage
 COMMENT ON FUNCTION regstage.cleanup_orphans(interval, interval) IS 'deletes files under upload_dir no documents row references (older than max_age) and partial downloads (older than tmp_max_age)';
 COMMENT ON FUNCTION regstage.document_file_exists(text) IS 'is there a regular file at this path relative to upload_dir (no escape outside it); with storage = s3: does the object exist (HEAD)';
 COMMENT ON FUNCTION regstage.document_url(bigint, interval) IS 'a presigned GET URL of the document''s object, valid for ttl (1 s to 7 days); storage = s3 only (0A000 with local storage)';
-COMMENT ON FUNCTION regstage.upload_files() IS 'every regular file under upload_dir, relative to it; symbolic links neither followed nor listed';
+COMMENT ON FUNCTION regstage.upload_files() IS 'every regular file under upload_dir, relative to it (symbolic links neither followed nor listed); with storage = s3: every object key of the database''s namespace';
 
 -- Migration and review
 COMMENT ON FUNCTION regstage.purge_stuck_pending(boolean) IS 'lists (dry_run) or deletes the users of stuck_pending';
