@@ -246,7 +246,8 @@ def _():
 U2 = 510002
 
 
-@case("reject with a typed reason", "Olga: Reject -> reasons -> Other -> force-reply question in the group; "
+@case("reject with a typed reason", "Olga: Reject -> reasons -> Other -> a force-reply question in the group that "
+      "@mentions her (selective); "
       "a group message that is no reply is ignored, the reply is the reason: the user hears it and that they may "
       "register again, the review shows it; /start then starts over and a new registration replaces the row")
 def _():
@@ -258,9 +259,12 @@ def _():
     check(["rv:rr:%d:0:other" % uid] in buttons(kb[-1]), "an 'other' button: %s" % buttons(kb[-1]))
     press(OLGA, "rv:rr:%d:0:other" % uid, ADMIN_CHAT, mid)
     q = wait_for(lambda: next((c for c in calls(ADMIN_CHAT, "sendMessage")
-                               if c["params"]["text"].startswith("Type the reason for John Smith (#%d)" % uid)), None),
+                               if "Type the reason for John Smith (#%d)" % uid in c["params"]["text"]), None),
                  10, "the question for the reason")
-    check(q["params"].get("reply_markup", {}).get("force_reply") is True, "asked with force_reply")
+    # a selective force_reply opens the reply field for the users the text @mentions: Olga
+    check(q["params"]["text"].startswith("@t%d Type the reason" % OLGA), "Olga is mentioned: %r" % q["params"]["text"])
+    check(q["params"].get("reply_markup") == {"force_reply": True, "selective": True},
+          "asked with a selective force_reply: %s" % q["params"].get("reply_markup"))
     env.inject([group_text(OLGA, "brb, coffee"), group_text(OLGA, "The selfie is blurred", reply_to=q["message_id"])])
     notice = wait_text(U2, lambda x: x.startswith("Your registration was rejected"), "the rejection")
     check(notice == "Your registration was rejected. Reason: The selfie is blurred\n"
