@@ -14,6 +14,7 @@ from the stand-in, and the bot's replies are printed as they arrive.
 """
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -135,6 +136,23 @@ class Chat:
             time.sleep(0.1)
 
 
+def decide(line, buttons):
+    """What a typed line does, given how many buttons the last keyboard has:
+    ("press", n) only for n in 1..buttons written in ASCII digits (89161234567
+    with a three-button keyboard is a phone number, sent as text; so is "²",
+    which str.isdigit() calls a digit), ("contact", None), ("photo", name),
+    ("quit", None), else ("text", line)."""
+    if re.fullmatch(r"[1-9][0-9]{0,5}", line) and int(line) <= buttons:
+        return "press", int(line)
+    if line == "/quit":
+        return "quit", None
+    if line == "/contact":
+        return "contact", None
+    if line == "/photo" or line.startswith("/photo "):
+        return "photo", (line.split() + ["passport"])[1]
+    return "text", line
+
+
 def main():
     interactive = sys.stdin.isatty()
     print(__doc__.split("\n\n", 1)[1])
@@ -156,20 +174,20 @@ def main():
         if not line:
             chat.drain(0.5)
             continue
-        if line == "/quit":
+        action, arg = decide(line, len(chat.buttons))
+        if action == "quit":
             break
-        if line.isdigit() and 1 <= int(line) <= len(chat.buttons):
-            chat.press(int(line))
-        elif line == "/contact":
+        if action == "press":
+            chat.press(arg)
+        elif action == "contact":
             chat.contact()
-        elif line.startswith("/photo"):
-            name = (line.split() + ["passport"])[1]
-            if name not in ("passport", "selfie"):
+        elif action == "photo":
+            if arg not in ("passport", "selfie"):
                 print("  (samples: passport, selfie)")
                 continue
-            chat.photo(name)
+            chat.photo(arg)
         else:
-            chat.send({"text": line})
+            chat.send({"text": arg})
         chat.drain(15)
     print("bye — the bot keeps running; stop everything with: bash scripts/down.sh")
 

@@ -142,7 +142,7 @@ fi
 if wanted tap && present tap t/*.pl; then
 	run_suite tap as_server_user make -s installcheck REGRESS= ISOLATION= TAP_TESTS=1 PROVE_FLAGS=-v
 fi
-for s in bringup relay faults; do
+for s in bringup relay review faults; do
 	wanted $s && present $s test/scripts/$s.sh && run_suite $s bash test/scripts/$s.sh
 done
 # The HA suite runs its own servers (Sentinel, replicas, Patroni, etcd,
@@ -201,11 +201,13 @@ ran isolation && LOGDIRS+=("$TREE/output_iso")
 ran tap && LOGDIRS+=("$TREE/tmp_check")
 ran pg_cron && LOGDIRS+=("$TREE/test/cron/results")
 ran relay && LOGDIRS+=("$W/relay")
+ran review && LOGDIRS+=("$W/review")
 ran faults && LOGDIRS+=("$W/faults")
 ran s3 && LOGDIRS+=("$W/s3" "$W/faults-s3")
 ran bringup && LOGDIRS+=("$TREE/.local/")		# may be a symbolic link (up.sh): the slash follows it
 CONFS=("$W/pgdata/postgresql.conf")
 ran relay && CONFS+=("$W/relay/pgdata/postgresql.conf")
+ran review && CONFS+=("$W/review/pgdata/postgresql.conf")
 ran faults && CONFS+=("$W/faults/pgdata/postgresql.conf")
 ran faults-s3 && CONFS+=("$W/faults-s3/pgdata/postgresql.conf")
 ran bringup && CONFS+=("$TREE/.local/pgdata/postgresql.conf")

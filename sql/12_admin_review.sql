@@ -204,6 +204,18 @@ SET regstage.admin_chat_id = '99999999999999999999';
 SET regstage.admin_chat_id = '-1001234567890';
 SELECT * FROM regstage.review_chats();
 SELECT * FROM regstage_test.register(120006, 'en', 'Group Case', '+15550006', 12130);
+-- "Other" in the group: the question @mentions the admin who pressed (a
+-- selective force_reply opens the reply field only for those mentioned);
+-- an admin without a username gets a force_reply for the whole group
+SELECT regexp_replace(c->'params'->>'text', '#[0-9]+', '#<id>') AS question, c->'params'->'reply_markup' AS markup
+  FROM jsonb_array_elements(regstage.ask_admin_reason(90001, regstage_test.uid(120006), 'reject', NULL,
+		-1001234567890, 77, 'en', 'cbo', 'olga_r')) c
+ WHERE c->>'method' = 'sendMessage';
+SELECT regexp_replace(c->'params'->>'text', '#[0-9]+', '#<id>') AS question, c->'params'->'reply_markup' AS markup
+  FROM jsonb_array_elements(regstage.ask_admin_reason(90001, regstage_test.uid(120006), 'reject', NULL,
+		-1001234567890, 77, 'en', 'cbo', NULL)) c
+ WHERE c->>'method' = 'sendMessage';
+DELETE FROM regstage.admin_input WHERE admin_id = 90001;
 -- an admin's /admin in the group is answered there; anyone else's is not
 SELECT regstage_test.show(regstage.handle_update(jsonb_build_object('update_id', 12140, 'message', jsonb_build_object(
 	'message_id', 5, 'from', regstage_test.sender(90002, 'en'), 'text', '/admin@regstage_bot', 'date', 1,

@@ -457,7 +457,8 @@ BEGIN
 			regstage.edit_message_call(chat_id, message_id, NULL, regstage.review_keyboard(u.id, lang, 'reject')));
 	WHEN 'rr' THEN
 		IF code = 'other' THEN
-			RETURN regstage.ask_admin_reason(admin_id, u.id, 'reject', NULL, chat_id, message_id, lang, cb);
+			RETURN regstage.ask_admin_reason(admin_id, u.id, 'reject', NULL, chat_id, message_id, lang, cb,
+											 cq->'from'->>'username');
 		ELSIF code IN ('documents', 'data', 'duplicate') THEN
 			-- the reason is kept as the user reads it
 			RETURN regstage.decide(u.id, admin_id, 'REJECTED', regstage.msg(u.language, 'reject_reason:' || code),
@@ -481,7 +482,8 @@ BEGIN
 		IF cardinality(chosen) = 0 THEN
 			RETURN jsonb_build_array(regstage.answer_callback_call(cb, regstage.msg(lang, 'admin:choose_documents'), true));
 		ELSIF code = 'other' THEN
-			RETURN regstage.ask_admin_reason(admin_id, u.id, 'documents', chosen, chat_id, message_id, lang, cb);
+			RETURN regstage.ask_admin_reason(admin_id, u.id, 'documents', chosen, chat_id, message_id, lang, cb,
+											 cq->'from'->>'username');
 		ELSIF code IN ('unreadable', 'expired', 'mismatch') THEN
 			RETURN regstage.request_documents(u.id, admin_id, chosen, regstage.msg(u.language, 'documents_reason:' || code),
 											  chat_id, message_id, lang, cb);
@@ -497,12 +499,19 @@ END
 $$;
 
 -- "Other": the admin's next text is the reason (asked with force_reply, so
--- in a group with privacy mode the answer still reaches the bot).
+-- in a group with privacy mode the answer still reaches the bot).  In the
+-- group the reply field should open for the admin who pressed only: a
+-- selective force_reply opens it for the users the text @mentions, and for
+-- no one when it mentions no one, so the question starts with the admin's
+-- @username; an admin without one gets a force_reply for the whole group.
 CREATE OR REPLACE FUNCTION regstage.ask_admin_reason(admin_id bigint, user_id bigint, action text, doc_types text[],
-													 chat_id bigint, message_id bigint, lang text, callback_query_id text)
+													 chat_id bigint, message_id bigint, lang text, callback_query_id text,
+													 admin_username text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
 	u record;
+	mention text := CASE WHEN chat_id <> admin_id AND admin_username ~ '^[A-Za-z0-9_]{1,64}$'
+						 THEN '@' || admin_username || ' ' END;
 BEGIN
 	SELECT x.id, x.full_name INTO u FROM regstage.users x WHERE x.id = ask_admin_reason.user_id;
 	INSERT INTO regstage.admin_input AS i (admin_id, user_id, action, doc_types, chat_id, message_id)
@@ -511,9 +520,10 @@ BEGIN
 	   SET user_id = EXCLUDED.user_id, action = EXCLUDED.action, doc_types = EXCLUDED.doc_types,
 		   chat_id = EXCLUDED.chat_id, message_id = EXCLUDED.message_id, asked_at = now();
 	RETURN jsonb_build_array(regstage.answer_callback_call(callback_query_id),
-		regstage.send_message_call(chat_id, regstage.fill(regstage.msg(lang, 'admin:type_reason'),
+		regstage.send_message_call(chat_id, coalesce(mention, '') || regstage.fill(regstage.msg(lang, 'admin:type_reason'),
 			jsonb_build_object('full_name', u.full_name, 'id', u.id)),
-			'{"force_reply": true, "selective": true}'));
+			CASE WHEN chat_id = admin_id OR mention IS NOT NULL THEN '{"force_reply": true, "selective": true}'
+				 ELSE '{"force_reply": true}' END::jsonb));
 END
 $$;
 

@@ -109,7 +109,7 @@ COMMENT ON FUNCTION regstage.decide(bigint, bigint, text, text, bigint, bigint, 
 COMMENT ON FUNCTION regstage.request_documents(bigint, bigint, text[], text, bigint, bigint, text, text) IS 'asks a PENDING user for new documents; the review stays open';
 COMMENT ON FUNCTION regstage.review_queue(text, integer) IS '/admin: how many wait, the oldest, a button per registration (5 a page)';
 COMMENT ON FUNCTION regstage.handle_admin_callback(jsonb) IS 'a review or queue button; pressed by a non-admin: refused, logged, nothing changes';
-COMMENT ON FUNCTION regstage.ask_admin_reason(bigint, bigint, text, text[], bigint, bigint, text, text) IS '"other": the admin''s next text becomes the reason';
+COMMENT ON FUNCTION regstage.ask_admin_reason(bigint, bigint, text, text[], bigint, bigint, text, text, text) IS '"other": the admin''s next text becomes the reason';
 COMMENT ON FUNCTION regstage.handle_admin_message(jsonb) IS 'an admin''s /admin or typed reason; NULL when not an admin matter';
 COMMENT ON FUNCTION regstage.handle_admin_group_message(jsonb) IS 'a message in the admin group: admins'' only';
 COMMENT ON FUNCTION regstage.status_text(bigint) IS 'what a registered user is told about their registration (/status)';

@@ -11,7 +11,8 @@ relay use:
 
 Test control (no token):
   POST /_test/updates    body: an update object or a list of them -> queued
-  GET  /_test/calls      every recorded method call, as a JSON list
+  GET  /_test/calls      every recorded method call, as a JSON list ({"method", "params", "at",
+                         "message_id": the message_id answered})
   POST /_test/reset      forget calls, updates and counters
   POST /_test/fault      {"method": "sendMessage", "status": 429, "retry_after": 1, "times": 1}
                          or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal;
@@ -273,9 +274,10 @@ class Handler(BaseHTTPRequestHandler):
                     status = f.get("status", 500)
                     params = {"retry_after": f["retry_after"]} if "retry_after" in f else {}
                     return self.send_error_json(status, f.get("description", "Injected fault"), parameters=params)
-            st.calls.append({"method": method, "params": body, "at": time.time()})
             st.message_id += 1
             mid = st.message_id
+            # the message_id answered: a test edits or replies to that message
+            st.calls.append({"method": method, "params": body, "at": time.time(), "message_id": mid})
         result = True if method.startswith("answer") or method.startswith("delete") else \
             {"message_id": mid, "date": int(time.time()), "chat": {"id": body.get("chat_id")}, "text": body.get("text")}
         if hold:
