@@ -40,7 +40,6 @@ cleanup() {
 	set +e
 	[ -n "${CRON_PID:-}" ] && kill "$CRON_PID" 2>/dev/null
 	[ -n "${HA_PID:-}" ] && kill "$HA_PID" 2>/dev/null
-	[ -n "${FS3_PID:-}" ] && { kill "$FS3_PID"; wait "$FS3_PID"; } 2>/dev/null	# its trap stops its servers
 	for f in "$W"/fixtures/work/*/*.pid; do stop_pidfile "$f"; done	# servers of the SQL tests, if one died
 	stop_pidfile "$W/standin/standin.pid"
 	stop_pidfile "$W/redis/redis.pid"
@@ -98,6 +97,7 @@ SUITES=${REGSTAGE_SUITES:-}
 wanted() {	# is suite $1 selected (all are when REGSTAGE_SUITES is empty)?
 	[ -z "$SUITES" ] && return 0
 	case " $SUITES " in *" $1 "*) return 0 ;; esac
+	[ "$1" = faults-s3 ] && wanted s3 && return 0	# the s3 suite's fault-matrix pass
 	RESULT[$1]=skipped
 	return 1
 }
@@ -145,6 +145,12 @@ fi
 for s in bringup relay review faults; do
 	wanted $s && present $s test/scripts/$s.sh && run_suite $s bash test/scripts/$s.sh
 done
+# The fault matrix once more with storage = 's3' (its own servers; part of
+# the s3 suite's selection).  Before the background HA suite starts: its
+# abort and cancel timings are not to share the two cores with anything.
+if wanted faults-s3 && present faults-s3 test/scripts/faults.sh; then
+	run_suite faults-s3 env REGSTAGE_STORAGE=s3 bash test/scripts/faults.sh
+fi
 # The HA suite runs its own servers (Sentinel, replicas, Patroni, etcd,
 # HAProxy): in the background, beside the suites that need no timing.
 if wanted ha && present ha test/scripts/ha.sh; then
@@ -152,25 +158,10 @@ if wanted ha && present ha test/scripts/ha.sh; then
 	bash test/scripts/ha.sh >"$W/log/suite-ha.out" 2>&1 &
 	HA_PID=$!
 fi
-# The fault matrix's s3 pass (its own servers) runs beside them too: the
-# suites left in the foreground are CPU-bound (fuzz, niced) or short.
-if wanted s3 && present s3 test/scripts/s3.sh; then
-	log "suite: faults-s3 (the fault matrix with storage = 's3', in the background)"
-	FS3_T0=$SECONDS
-	REGSTAGE_STORAGE=s3 bash test/scripts/faults.sh >"$W/log/suite-faults-s3.out" 2>&1 &
-	FS3_PID=$!
-fi
 for s in fuzz upgrade; do
 	wanted $s && present $s test/scripts/$s.sh && run_suite $s bash test/scripts/$s.sh
 done
 wanted s3 && present s3 test/scripts/s3.sh && run_suite s3 env REGSTAGE_S3_MATRIX=0 bash test/scripts/s3.sh
-if [ -n "${FS3_PID:-}" ]; then
-	log "suite: faults-s3 (waiting for it)"
-	if wait "$FS3_PID"; then RESULT[faults-s3]=ok; else RESULT[faults-s3]=FAILED; rc=1; fi
-	RESULT[faults-s3]+=" ($((SECONDS - FS3_T0)) s)"
-	FS3_PID=
-	cat "$W/log/suite-faults-s3.out"
-fi
 if [ -n "${HA_PID:-}" ]; then
 	log "suite: ha (waiting for it)"
 	if wait "$HA_PID"; then RESULT[ha]=ok; else RESULT[ha]=FAILED; rc=1; fi
@@ -203,7 +194,8 @@ ran pg_cron && LOGDIRS+=("$TREE/test/cron/results")
 ran relay && LOGDIRS+=("$W/relay")
 ran review && LOGDIRS+=("$W/review")
 ran faults && LOGDIRS+=("$W/faults")
-ran s3 && LOGDIRS+=("$W/s3" "$W/faults-s3")
+ran s3 && LOGDIRS+=("$W/s3")
+ran faults-s3 && LOGDIRS+=("$W/faults-s3")
 ran bringup && LOGDIRS+=("$TREE/.local/")		# may be a symbolic link (up.sh): the slash follows it
 CONFS=("$W/pgdata/postgresql.conf")
 ran relay && CONFS+=("$W/relay/pgdata/postgresql.conf")
