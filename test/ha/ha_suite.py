@@ -8,7 +8,16 @@
             and the SQL writers fail with 25006, the cleanup worker idles
             and says so once; the relay (multi-host URI,
             target_session_attrs=read-write) registers users while the
-            primary is killed and the replica promoted.
+            primary is killed and the replica promoted; a relay whose
+            DATABASE_URL names the standby alone takes nothing until the
+            promote, says why, then carries on.
+  relays:   three relays in webhook mode behind HAProxy (health checks,
+            retry-on), one database; a Telegram-like poster sends 1,000
+            updates of 50 chats through it and one relay is SIGKILLed
+            mid-stream: every update stored and applied once, replies in
+            update order per chat, double sends only for calls in flight at
+            the kill (counted).  Then two relays polling one bot: Telegram's
+            409 Conflict is logged with its meaning and backed off.
   patroni:  etcd + 2 Patroni nodes (synchronous_mode) + HAProxy routing to
             the leader; the leader's Patroni and postmaster are killed
             mid-stream, the relay (through HAProxy) and the extension carry on.
