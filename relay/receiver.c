@@ -132,6 +132,26 @@ receiver_run(void)
 			relay_sleep_ms(wait_s * 1000L);
 			continue;
 		}
+		if (res.http_status == 409)
+		{
+			/*
+			 * Telegram runs one getUpdates long poll per bot: a second
+			 * client's poll ends the one in flight with 409, and a bot with a
+			 * webhook set refuses getUpdates with 409.  Nothing was delivered
+			 * (the offset stays); the poll waits longer each time the
+			 * conflict repeats, so two pollers do not keep cutting each
+			 * other off.
+			 */
+			long		wait = relay_backoff_ms(1000, failures++);
+
+			relay_log(LOG_ERROR, "getUpdates refused with 409 (%s): another client polls this bot's updates, "
+					  "or a webhook is set; only one relay may poll a bot (several relays: webhook mode, "
+					  "RELAY_WEBHOOK_LISTEN; a webhook set and polling wanted: deleteWebhook); retrying in %ld ms",
+					  res.error, wait);
+			tg_result_clear(&res);
+			relay_sleep_ms(wait);
+			continue;
+		}
 		b = res.http_status == 200 ? calloc(1, sizeof(Batch)) : NULL;
 		n = b ? scan_result_array(res.raw, res.raw_len, take_element, b) : -1;
 		if (n < 0)

@@ -217,14 +217,102 @@ def http(url, body=None):
         return json.loads(r.read())
 
 
-def start_relay(name, database_url, api, token):
+def start_relay(name, database_url, api, token, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(TELEGRAM_BOT_TOKEN=token, TELEGRAM_API_URL=api, DATABASE_URL=database_url,
                RELAY_WORKERS="4", RELAY_POLL_TIMEOUT="2", RELAY_MAX_ATTEMPTS="5",
                # a call claimed on a primary that died is sent again when its lease
                # (send timeout + 5 s) ends: keep it short here
                RELAY_SEND_TIMEOUT="5")
+    env.update(extra_env or {})
     p = spawn([os.path.join(SRC, "relay/regstage-relay")], "relay:%s" % name, os.path.join(W, "relay-%s.log" % name),
               env=env)
     log("started relay %s (pid %d), DATABASE_URL=%s" % (name, p.pid, database_url.replace(os.environ.get("HA_SU_PASS", "\0"), "***")))
     return p
+
+
+class ConflictingBotApi:
+    """A Bot API that, like Telegram, lets one getUpdates long poll run at a
+    time per bot: a new one ends the one in flight with 409 Conflict
+    ("terminated by other getUpdates request").  Every other method answers
+    ok.  TELEGRAM_API_URL=http://127.0.0.1:<port>/<name> tells the clients
+    apart: polls[name] lists (time, status) of each getUpdates answered."""
+
+    CONFLICT = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+
+    def __init__(self, port, token):
+        import json
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        api = self
+        self.token = token
+        self.cond = threading.Condition()
+        self.current = None          # the poll in flight: (name, serial)
+        self.serial = 0
+        self.polls = {}
+        self.updates = []            # [update], delivered from the offset on
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):      # the URL holds the token
+                pass
+
+            def answer(self, status, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    self.close_connection = True
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                req = json.loads(self.rfile.read(n) or b"{}")
+                m = re.match(r"^/([a-z0-9]+)/bot([^/]+)/([A-Za-z]+)$", self.path)
+                if not m or m.group(2) != api.token:
+                    return self.answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+                name, method = m.group(1), m.group(3)
+                if method != "getUpdates":
+                    return self.answer(200, {"ok": True, "result": {"message_id": 1, "chat": {"id": req.get("chat_id")}}})
+                status, result = api.poll(name, int(req.get("offset") or 0), float(req.get("timeout") or 0))
+                if status == 409:
+                    return self.answer(409, {"ok": False, "error_code": 409, "description": api.CONFLICT})
+                return self.answer(200, {"ok": True, "result": result})
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.srv = ThreadingHTTPServer(("127.0.0.1", port), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def poll(self, name, offset, timeout):
+        deadline = time.time() + min(timeout, 50)
+        with self.cond:
+            self.serial += 1
+            me = (name, self.serial)
+            self.current = me            # ends the poll in flight, if any
+            self.cond.notify_all()
+            while True:
+                if self.current != me:
+                    status, result = 409, None
+                    break
+                due = [u for u in self.updates if u["update_id"] >= offset]
+                if due or time.time() >= deadline:
+                    status, result = 200, due[:100]
+                    self.current = None
+                    break
+                self.cond.wait(max(0.0, deadline - time.time()))
+            self.polls.setdefault(name, []).append((time.time(), status))
+        return status, result
+
+    def inject(self, updates):
+        with self.cond:
+            self.updates.extend(updates)
+            self.cond.notify_all()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The high-availability suite: Redis Sentinel failover under a stream of
-# staging calls, a plain streaming replica (standby refusals, promote with
-# the relay on a multi-host URI), and Patroni + etcd + HAProxy (the leader
-# killed mid-stream).  Runs standalone, on its own servers and ports
+# staging calls, three relays in webhook mode behind HAProxy (one killed
+# mid-stream) and two relays polling one bot (Telegram's 409), a plain
+# streaming replica (standby refusals, promote with the relay on a
+# multi-host URI, a relay on the standby alone), and Patroni + etcd +
+# HAProxy (the leader killed mid-stream).  Runs standalone, on its own servers and ports
 # (29401-29481) under $REGSTAGE_TEST_DIR/ha (default /tmp/regstage-ha);
 # every process it starts is stopped by pid on exit, also on failure.
 # Needs the extension installed (make install) and relay/regstage-relay built.
 #
-#   bash test/scripts/ha.sh            HA_PARTS="redis standby patroni" (default: all three)
+#   bash test/scripts/ha.sh            HA_PARTS="redis relays standby patroni" (default: all four)
 set -Eeuo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 . "$SRC/scripts/lib.sh"
@@ -89,7 +91,7 @@ else
 	echo "ok: the bot token appears in no log of the run" >&2
 fi
 if [ $rc -ne 0 ]; then
-	for f in "$W"/pg1/postgres.log "$W"/pg2/postgres.log "$W"/patroni*/postgres.log "$W"/relay-*.log; do
+	for f in "$W"/pg1/postgres.log "$W"/pg2/postgres.log "$W"/patroni*/postgres.log "$W"/relay-*.log "$W"/haproxy*.log; do
 		[ -f "$f" ] || continue
 		echo "---- $f (last 25 lines)" >&2
 		tail -25 "$f" | grep -vF -- "$HA_TOKEN" >&2 || true
