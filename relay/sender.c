@@ -41,6 +41,7 @@
 #define DRAIN_MAX_MS 5000		/* at stop, calls still due are sent this long; the rest wait in the outbox */
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 #define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
+#define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
 
 typedef enum
 {
@@ -64,6 +65,7 @@ typedef struct Slot
 	Call		run[RUN_MAX];	/* calls of one chat in id order */
 	int			nrun;
 	int			pos;			/* the call in flight or being reported */
+	bool		in_batch;		/* in the report statement being made */
 	long		status;
 	int			retry_after;
 	char		error[512];
@@ -72,6 +74,43 @@ typedef struct Slot
 static pthread_t thread;
 static Slot *slots;
 static int	nslots;
+
+static int	count(SlotState st);
+
+/* The sender's two statements, prepared once per connection (parsing them took a tenth of a report). */
+static const struct
+{
+	const char *name;
+	const char *sql;
+	int			nparams;
+}			statements[] =
+{
+	{"claim", "SELECT id, chat_id, method, params::text "
+		"FROM regstage.outbox_claim($1::integer, $2::interval, $3::integer, $4::bigint)", 4},
+	{"report", "SELECT id, next_claimed FROM regstage.outbox_report_batch("
+		"$1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::bigint[], $6::interval)", 6},
+};
+static PGconn *prepared_on;		/* the connection they are prepared on */
+
+static PGresult *
+exec_prepared(PGconn *conn, const char *name, const char *const *values)
+{
+	int			k = strcmp(name, "claim") == 0 ? 0 : 1;
+
+	if (prepared_on != conn)
+	{
+		for (int i = 0; i < 2; i++)
+		{
+			PGresult   *res = PQprepare(conn, statements[i].name, statements[i].sql, statements[i].nparams, NULL);
+
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				return res;		/* the caller reports its error */
+			PQclear(res);
+		}
+		prepared_on = conn;
+	}
+	return PQexecPrepared(conn, statements[k].name, statements[k].nparams, values, NULL, NULL, 0);
+}
 
 static bool
 method_valid(const char *m)
@@ -196,14 +235,33 @@ text_element(Text *t, const char *v)
 	text_str(t, "\"");
 }
 
+/* Cut a string at its last complete UTF-8 character (a truncated message may end inside one). */
+static void
+utf8_trim(char *s)
+{
+	size_t		n = strlen(s);
+	size_t		start = n;
+	int			need;
+
+	while (start > 0 && n - start < 3 && ((unsigned char) s[start - 1] & 0xC0) == 0x80)
+		start--;
+	if (start == 0 || ((unsigned char) s[start - 1] & 0x80) == 0)
+		return;
+	start--;					/* the lead byte of the last character */
+	need = ((unsigned char) s[start] & 0xE0) == 0xC0 ? 2 : ((unsigned char) s[start] & 0xF0) == 0xE0 ? 3 :
+		((unsigned char) s[start] & 0xF8) == 0xF0 ? 4 : 0;
+	if (need == 0 || n - start < (size_t) need)
+		s[start] = '\0';
+}
+
 /*
- * Every answered slot's outbox_report, and the claim of each one's next call,
- * in one statement.  go_on: runs may continue (not past the drain).  False if
- * the database could not be told; the slots stay to report again, their runs
- * cut.
+ * The answered slots' outbox_report (all of them, or only slot `only`), and
+ * the claim of each one's next call, in one statement.  go_on: runs may
+ * continue (not past the drain).  False if the database could not be told;
+ * the slots stay to report again, their runs cut.
  */
 static bool
-report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
+report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
 {
 	Text		arr[5] = {{0}};
 	char		lease[32];
@@ -220,10 +278,13 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 		char		num[24];
 		bool		next;
 
-		if (s->state != SLOT_REPORTING)
+		s->in_batch = false;
+		if (s->state != SLOT_REPORTING || (only >= 0 && i != only))
 			continue;
+		s->in_batch = true;
 		if (!go_on)
 			run_cut(s);
+		utf8_trim(s->error);
 		next = s->pos + 1 < s->nrun;
 		text_element(&arr[0], s->run[s->pos].id);
 		snprintf(num, sizeof(num), "%ld", s->status);
@@ -250,9 +311,7 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 	if (arr[0].failed || arr[1].failed || arr[2].failed || arr[3].failed || arr[4].failed)
 		res = NULL;
 	else
-		res = PQexecParams(conn, "SELECT id, next_claimed FROM regstage.outbox_report_batch("
-						   "$1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::bigint[], $6::interval)",
-						   6, NULL, values, NULL, NULL, 0);
+		res = exec_prepared(conn, "report", values);
 	for (int k = 0; k < 5; k++)
 		free(arr[k].p);
 	ok = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK;
@@ -263,7 +322,7 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 		db_error_line(res ? PQresultErrorMessage(res) : "out of memory in the relay", msg, sizeof(msg));
 		relay_log(LOG_ERROR, "sender: outbox_report_batch of %d calls failed, kept to report again: %s", n, msg);
 		for (int i = 0; i < nslots; i++)
-			if (slots[i].state == SLOT_REPORTING)
+			if (slots[i].in_batch)
 				run_cut(&slots[i]);
 		PQclear(res);
 		return false;
@@ -276,8 +335,9 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 		{
 			Slot	   *s = &slots[i];
 
-			if (s->state != SLOT_REPORTING || strcmp(s->run[s->pos].id, id) != 0)
+			if (!s->in_batch || strcmp(s->run[s->pos].id, id) != 0)
 				continue;
+			s->in_batch = false;
 			if (strcmp(PQgetvalue(res, r, 1), "t") == 0 && s->pos + 1 < s->nrun)
 			{
 				/* the chat's next call is claimed: this slot sends it */
@@ -296,13 +356,35 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 	}
 	/* a slot the answer did not name (none should be): its run ends */
 	for (int i = 0; i < nslots; i++)
-		if (slots[i].state == SLOT_REPORTING)
+		if (slots[i].in_batch)
 		{
+			slots[i].in_batch = false;
 			slot_free(&slots[i]);
 			*freed = true;
 		}
 	PQclear(res);
 	return true;
+}
+
+/*
+ * Report every answered slot in one statement.  If that fails while the
+ * connection works, one report the database refuses must not hold the
+ * others: each is tried on its own.
+ */
+static bool
+report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
+{
+	bool		ok;
+
+	if (report_slots(conn, multi, go_on, freed, -1))
+		return true;
+	if (!db_usable(conn) || count(SLOT_REPORTING) < 2)
+		return false;
+	ok = true;
+	for (int i = 0; i < nslots && db_usable(conn); i++)
+		if (slots[i].state == SLOT_REPORTING && !report_slots(conn, multi, go_on, freed, i))
+			ok = false;
+	return ok;
 }
 
 /*
@@ -332,9 +414,7 @@ claim(PGconn *conn, CURLM *multi, int room, char *after_chat, size_t after_len)
 	snprintf(max, sizeof(max), "%d", room);
 	snprintf(lease, sizeof(lease), "%d seconds", relay_config.send_timeout_s + LEASE_MARGIN_S);
 	snprintf(per_chat, sizeof(per_chat), "%d", RUN_MAX);
-	res = PQexecParams(conn, "SELECT id, chat_id, method, params::text "
-					   "FROM regstage.outbox_claim($1::integer, $2::interval, $3::integer, $4::bigint)",
-					   4, NULL, values, NULL, NULL, 0);
+	res = exec_prepared(conn, "claim", values);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		char		msg[512];
@@ -463,6 +543,7 @@ sender_main(void *arg)
 	CURLM	   *multi = curl_multi_init();
 	PGconn	   *conn = NULL;
 	bool		want_claim = true;
+	bool		notified = false;	/* calls were queued since the last claim */
 	long		last_claim = 0;
 	long		drain_until = 0;
 	int			failures = 0;
@@ -502,6 +583,7 @@ sender_main(void *arg)
 		}
 		if (!db_usable(conn))
 		{
+			prepared_on = NULL; /* a new connection may get the old one's address */
 			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)
 			{
 				if (fatal || (draining && (count(SLOT_REPORTING) == 0 || relay_now_ms() > drain_until)))
@@ -531,7 +613,7 @@ sender_main(void *arg)
 				want_claim = true;	/* a slot for another chat */
 		}
 		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) &&
-			(want_claim || relay_now_ms() - last_claim >= IDLE_WAIT_MS))
+			(want_claim || relay_now_ms() - last_claim >= (notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS)))
 		{
 			int			room = count(SLOT_FREE);
 
@@ -541,6 +623,7 @@ sender_main(void *arg)
 
 				last_claim = relay_now_ms();
 				want_claim = n == room;	/* there may be more */
+				notified = false;
 				if (n < 0 && !db_usable(conn))
 					db_drop(&conn);
 				if (n == 0 && draining && count(SLOT_SENDING) == 0 && count(SLOT_REPORTING) == 0)
@@ -561,11 +644,13 @@ sender_main(void *arg)
 			nextra = extra.fd >= 0;
 		}
 		wait_ms = want_claim ? 0 : IDLE_WAIT_MS;
+		if (notified && count(SLOT_FREE) > 0)
+			wait_ms = NOTIFY_GAP_MS;
 		if (draining)
 			wait_ms = want_claim ? 0 : 50;
 		curl_multi_poll(multi, nextra ? &extra : NULL, nextra, (int) wait_ms, NULL);
 		if (conn && db_drain_notify(conn))
-			want_claim = true;
+			notified = true;
 	}
 	for (int i = 0; i < nslots; i++)
 	{

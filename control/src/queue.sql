@@ -94,21 +94,27 @@ $$;
 -- regstage.max_attempts; an outage (is_outage) is retried without counting.
 -- Returns the update_id handled, or NULL when nothing is due.
 --
--- The claim runs in inbox_claim(), whose plan is pinned to the partial
--- indexes: a processor's connection plans it once and keeps the plan, and a
--- plan made while the inbox was empty (a relay started on an empty queue)
--- compared every pending update with every other — 0.3 s per update with
--- 3,000 queued — until something replanned it.
+-- The claim runs in inbox_claim(), written so that its only plan walks
+-- inbox_pending in update_id order and asks inbox_pending_chat for each
+-- candidate's chat: a processor's connection plans it once and keeps the
+-- plan, and with the planner free to choose, a plan made while the inbox
+-- was empty (a relay started on an empty queue) compared every pending
+-- update with every other — 0.3 s per update with 3,000 queued.  A chat's
+-- first pending update is looked up as the first at or after its chat_id
+-- in (chat_id, update_id) order, an order no other index gives.
 CREATE OR REPLACE FUNCTION regstage.inbox_claim(OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
 											   OUT attempts integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_sort = off AS $$
 BEGIN
 	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
 	  FROM regstage.inbox i
 	 WHERE i.status = 'pending' AND i.next_attempt_at <= now()
-	   AND NOT EXISTS (SELECT 1 FROM regstage.inbox e
-						WHERE e.status = 'pending' AND e.chat_id = i.chat_id AND e.update_id < i.update_id)
+	   AND (i.chat_id IS NULL			-- no chat: no order to keep
+			OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
+											WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
+											ORDER BY e.chat_id, e.update_id LIMIT 1))
 	 ORDER BY i.update_id
 	 LIMIT 1
 	 FOR UPDATE SKIP LOCKED;
@@ -256,9 +262,8 @@ CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, l
 												 per_chat integer DEFAULT 1, after_chat bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- plans pinned to the indexes (a sender keeps them for its connection's
--- life, see inbox_claim); a bitmap scan, the planner's guess for the few
--- calls after a head, would read and sort every call a busy chat has queued
+-- plans pinned to the indexes, whatever the outbox held when a sender's
+-- connection planned them (see inbox_claim)
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 DECLARE
@@ -337,11 +342,12 @@ BEGIN
 		SELECT c.id, f.id, f.chat_id, f.method, f.params, f.attempts,
 			   f.next_attempt_at <= now() AND (f.claimed_until IS NULL OR f.claimed_until < now())
 		  FROM claimed c,
+			   -- the calls after it in (chat_id, id) order: only outbox_pending_chat gives it
 			   LATERAL (SELECT f.id, f.chat_id, f.method, f.params, f.attempts, f.next_attempt_at, f.claimed_until
 						  FROM regstage.outbox f
-						 WHERE f.status = 'pending' AND f.chat_id = c.chat_id AND f.id > c.id
+						 WHERE f.status = 'pending' AND (f.chat_id, f.id) > (c.chat_id, c.id)
 						 ORDER BY f.chat_id, f.id LIMIT per_chat - 1) f
-		 WHERE per_chat > 1 AND c.chat_id IS NOT NULL),
+		 WHERE per_chat > 1 AND c.chat_id IS NOT NULL AND f.chat_id = c.chat_id),
 	prefix AS (			-- a run stops before the first call that is not due
 		SELECT r.*, bool_and(r.ready) OVER (PARTITION BY r.head ORDER BY r.id) AS keep FROM run r)
 	SELECT p.id, p.chat_id, p.method, p.params, p.attempts FROM prefix p WHERE p.keep ORDER BY p.head, p.id;
