@@ -77,6 +77,8 @@ def _():
 def _():
     env.inject(registration(30001))
     wait_for(lambda: registered(30001), 20, "user 30001 registered")
+    # the last reply leaves the outbox after the commit that registered the user
+    wait_for(lambda: len(env.calls(30001, "sendMessage")) >= 6, 5, "the 6 replies")
     texts = [c["params"].get("text", "") for c in env.calls(30001, "sendMessage")]
     expected = ["Welcome", "Please send your full name", "Please share your phone", "Please send a photo of your passport",
                 "Now please send a selfie", "Registration complete"]
