@@ -10,13 +10,18 @@
  * GET  /file/bot<token>/documents/file_<file_id>.jpg -> the content
  * file_id directives as in the Python stand-in: bytes<N>, delay<ms>, dldelay<ms>.
  *
- *   botapi_fast PORT TOKEN UPDATES CHATS FIRST_TID   (the relay benchmark)
+ *   botapi_fast PORT TOKEN UPDATES CHATS FIRST_TID [RATE]   (the relay benchmark)
  *
  * also serves UPDATES typed answers over getUpdates from CHATS chats, counts
- * sendMessage calls, and reports the count at GET /_bench/sent and the reply
+ * the answers (the sendMessage with a keyboard each update gets), and
+ * reports the count at GET /_bench/sent and the reply
  * latency at GET /_bench/latency ("p50 p99" in ms: from the first time an
  * update was served by getUpdates to its reply's sendMessage; the k-th reply
- * of a chat answers that chat's k-th update).
+ * of a chat answers that chat's k-th update); GET /_bench/latency_others
+ * leaves out the first chat's replies (the one the benchmark blocks).  With
+ * RATE, update k becomes available (k - 1) / RATE seconds after the first
+ * getUpdates, as users send them, and its latency counts from then: a relay
+ * that stops fetching while one update is stuck shows it.
  * One thread per keep-alive connection.
  */
 #include <arpa/inet.h>
@@ -24,6 +29,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +94,10 @@ static long updates_total = 0;
 static long updates_chats = 1;
 static long long updates_first_tid = 0;
 static atomic_long messages_sent;
-static double *served_at;		/* per update_id: first served, seconds */
+static double updates_rate = 0; /* updates a second become available; 0: all at once */
+static double pace_start = 0;	/* paced: the first getUpdates */
+static pthread_mutex_t pace_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *served_at;		/* per update_id: first served (paced: available), seconds */
 static double *latency;			/* per update_id: its reply's latency, seconds */
 static atomic_long *replies;	/* per chat: replies so far */
 
@@ -130,14 +139,15 @@ cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* p50 and p99 of the replies' latency; others: leave out the first chat's */
 static void
-latency_text(char *out, size_t outlen)
+latency_text(char *out, size_t outlen, bool others)
 {
 	double	   *v = malloc(sizeof(double) * (updates_total + 1));
 	long		n = 0;
 
 	for (long id = 1; v && id <= updates_total; id++)
-		if (latency[id] > 0)
+		if (latency[id] > 0 && !(others && (id - 1) % updates_chats == 0))
 			v[n++] = latency[id];
 	if (n == 0)
 		snprintf(out, outlen, "0 0");
@@ -174,12 +184,33 @@ serve_get_updates(int fd, const char *body)
 		return -1;
 	if (first > updates_total)
 		sleep(1);
+	else if (updates_rate > 0)
+	{
+		/* paced: wait (a long poll) until the first one asked for is there */
+		double		wait;
+
+		pthread_mutex_lock(&pace_lock);
+		if (pace_start == 0)
+			pace_start = now_s();
+		pthread_mutex_unlock(&pace_lock);
+		wait = pace_start + (first - 1) / updates_rate - now_s();
+		if (wait > 0)
+			usleep((useconds_t) (wait > 1 ? 1e6 : wait * 1e6));
+	}
 	len = sprintf(out, "{\"ok\":true,\"result\":[");
 	for (long id = first; id <= updates_total && id < first + limit; id++)
 	{
 		long long	chat = updates_first_tid + (id - 1) % updates_chats;
 
-		if (served_at[id] == 0)
+		if (updates_rate > 0)
+		{
+			double		avail = pace_start + (id - 1) / updates_rate;
+
+			if (avail > now_s())
+				break;
+			served_at[id] = avail;	/* a user sent it then */
+		}
+		else if (served_at[id] == 0)
 			served_at[id] = now_s();
 		len += sprintf(out + len, "%s{\"update_id\":%ld,\"message\":{\"message_id\":%ld,\"date\":1,"
 					   "\"text\":\"Ivan Petrov\",\"from\":{\"id\":%lld,\"first_name\":\"B\"},"
@@ -242,16 +273,25 @@ serve(void *arg)
 		{
 			const char *ok = "{\"ok\":true,\"result\":{\"message_id\":1,\"date\":1,\"chat\":{\"id\":1,\"type\":\"private\"}}}";
 
-			atomic_fetch_add(&messages_sent, 1);
-			record_reply(body);
+			/*
+			 * An update's answer is its reply with a keyboard ("Please share
+			 * your phone"); a typed name at the phone step is also told it
+			 * is not a phone number first.  One answer per update.
+			 */
+			if (strstr(body, "\"reply_markup\""))
+			{
+				atomic_fetch_add(&messages_sent, 1);
+				record_reply(body);
+			}
 			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
 					 strlen(ok));
 			if (write_response(fd, hdr, ok, strlen(ok)))
 				goto done;
 		}
-		else if (strcmp(method, "GET") == 0 && strcmp(path, "/_bench/latency") == 0)
+		else if (strcmp(method, "GET") == 0 && (strcmp(path, "/_bench/latency") == 0 ||
+												strcmp(path, "/_bench/latency_others") == 0))
 		{
-			latency_text(json, sizeof(json));
+			latency_text(json, sizeof(json), strcmp(path, "/_bench/latency_others") == 0);
 			snprintf(hdr, sizeof(hdr), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", strlen(json));
 			if (write_response(fd, hdr, json, strlen(json)))
 				goto done;
@@ -311,13 +351,15 @@ main(int argc, char **argv)
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	int			one = 1, ls;
 
-	if (argc != 3 && argc != 6)
+	if (argc != 3 && argc != 6 && argc != 7)
 	{
-		fprintf(stderr, "usage: botapi_fast PORT TOKEN [UPDATES CHATS FIRST_TID]\n");
+		fprintf(stderr, "usage: botapi_fast PORT TOKEN [UPDATES CHATS FIRST_TID [RATE]]\n");
 		return 2;
 	}
 	token = argv[2];
-	if (argc == 6)
+	if (argc == 7)
+		updates_rate = atof(argv[6]);
+	if (argc >= 6)
 	{
 		updates_total = atol(argv[3]);
 		updates_chats = atol(argv[4]) > 0 ? atol(argv[4]) : 1;

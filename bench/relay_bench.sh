@@ -4,7 +4,8 @@
 # 1,000 simulated chats; each round twice, in the same run: "before", the
 # relay of commit dd080f4 (in-memory dispatcher calling handle_update, built
 # from `git show dd080f4:relay/...` in a temporary directory), and "after",
-# this tree's relay (inbox, process_next, outbox).
+# this tree's relay (inbox, process_next, outbox).  Then 100 chats again
+# with one of them blocked for 30 s: the other chats' reply latency.
 #
 # The stand-in is bench/botapi_fast.c serving the updates itself (the Python
 # stand-in would take about a third of the two cores the relay and
@@ -44,32 +45,74 @@ build_old_relay() {
 	OLD_RELAY=$d/regstage-relay
 }
 
+# One round: the stand-in serving TOTAL updates of CHATS chats to one relay,
+# all at once (rate 0; latency from when getUpdates first served an update)
+# or RATE a second (latency from when each became available, the first
+# chat's left out).  With block, the first chat's first update is held for
+# BLOCK_S seconds: a transaction holds its update_id in seen_updates (both
+# relays insert it there before applying an update, so theirs waits, as
+# behind any long commit), and the round ends when every other chat's
+# replies arrived.  Sets UPS, LAT ("p50 p99"), HWM_MB, ANON_MB.
+relay_round() {	# chats variant [rate [block]]
+	local chats=$1 variant=$2 rate=${3:-0} block=${4:-} bin=$SRC/relay/regstage-relay total=$TOTAL port=$RELAY_FAST_PORT hold
+	[ "$variant" = before ] && bin=$OLD_RELAY
+	psql -qAtX -c "TRUNCATE regstage.seen_updates, regstage.inbox, regstage.outbox" >/dev/null
+	psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null
+	"$W/bin/botapi_fast" "$port" "$TOKEN" "$total" "$chats" 5000001 "$rate" & echo $! >"$W/fast-relay.pid"
+	if [ -n "$block" ]; then
+		PGAPPNAME=bench_block psql -qAtX -c "BEGIN" -c "INSERT INTO regstage.seen_updates (update_id) VALUES (1)" \
+			-c "SELECT pg_sleep($BLOCK_S)" -c "ROLLBACK" >/dev/null 2>&1 &
+		hold=$!
+		# the chat's update count: update_ids 1, 1 + chats, ...
+		total=$((total - (total + chats - 1) / chats))
+	fi
+	sleep 0.3
+	run_relay "$bin" "http://127.0.0.1:$port" "$total" fast_sent
+	if [ "$rate" != 0 ]; then
+		LAT=$(curl -s "http://127.0.0.1:$port/_bench/latency_others")
+	fi
+	if [ -n "$block" ]; then
+		psql -qAtX -c "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE application_name = 'bench_block'" >/dev/null
+		wait "$hold" || true
+	fi
+	[ "$rate" != 0 ] || LAT=$(curl -s "http://127.0.0.1:$port/_bench/latency")
+	stop_pidfile "$W/fast-relay.pid"
+}
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+
 bench_relay() {
-	local total=${BENCH_RELAY_UPDATES:-3000} port=$RELAY_FAST_PORT variant bin lat ups_old
+	local chats variant ups_old p99_old p99_free
+	TOTAL=${BENCH_RELAY_UPDATES:-3000} BLOCK_S=30 RATE=${BENCH_RELAY_RATE:-300}
 	build_old_relay
-	printf '\n## relay end to end: %d text-step updates through getUpdates, PostgreSQL and sendMessage\n\n' "$total"
+	printf '\n## relay end to end: %d text-step updates through getUpdates, PostgreSQL and sendMessage\n\n' "$TOTAL"
 	printf '| chats | relay | updates/s | reply p50 | reply p99 | relay peak RSS (VmHWM) | of which private (RssAnon) |\n|---|---|---|---|---|---|---|\n'
 	psql -qAtX -c "DO \$\$ BEGIN CREATE ROLE bench_relay LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$; SELECT regstage.grant_bot_access('bench_relay')" >/dev/null
 	for chats in 1 100 1000; do
 		for variant in before after; do
-			bin=$SRC/relay/regstage-relay
-			[ $variant = before ] && bin=$OLD_RELAY
-			psql -qAtX -c "TRUNCATE regstage.seen_updates, regstage.inbox, regstage.outbox" >/dev/null
-			psql -qAtX -c "SELECT regstage.stage_language(t, 'en') FROM generate_series(5000001, 5000000 + $chats) t" >/dev/null
-			"$W/bin/botapi_fast" "$port" "$TOKEN" "$total" "$chats" 5000001 & echo $! >"$W/fast-relay.pid"
-			sleep 0.3
-			run_relay "$bin" "http://127.0.0.1:$port" "$total" fast_sent
-			lat=$(curl -s "http://127.0.0.1:$port/_bench/latency")
-			stop_pidfile "$W/fast-relay.pid"
-			printf '| %d | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$chats" "$variant" "$UPS" ${lat% *} ${lat#* } "$HWM_MB" "$ANON_MB"
+			relay_round $chats $variant
+			printf '| %d | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$chats" "$variant" "$UPS" ${LAT% *} ${LAT#* } "$HWM_MB" "$ANON_MB"
 			if [ $variant = before ]; then
 				ups_old=$UPS
 			else
-				RATIO+=("relay, $chats chats: $UPS updates/s vs $ups_old before ($(python3 -c "print('%.2f' % ($UPS / $ups_old))")x, target >= 0.8x), reply p50/p99 ${lat% *}/${lat#* } ms, RSS $HWM_MB MB (target <= 10 MB; $ANON_MB MB private)")
+				[ "$chats" = 100 ] && p99_free=${LAT#* }
+				RATIO+=("relay, $chats chats: $UPS updates/s vs $ups_old before ($(ratio "$UPS" "$ups_old")x, target >= 0.8x), reply p50/p99 ${LAT% *}/${LAT#* } ms, RSS $HWM_MB MB (target <= 10 MB; $ANON_MB MB private)")
 			fi
 		done
 	done
-	bench_relay_https "$total"
+	# 100 chats writing at RATE updates/s, latency from when each was sent;
+	# then the same with one chat blocked for BLOCK_S seconds: the other 99
+	for variant in before after; do
+		relay_round 100 $variant $RATE
+		printf '| 100 at %d/s (the first chat'"'"'s left out) | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$RATE" "$variant" "$UPS" ${LAT% *} ${LAT#* } "$HWM_MB" "$ANON_MB"
+		p99_free=${LAT#* }
+		relay_round 100 $variant $RATE block
+		printf '| 100 at %d/s, the first blocked %d s (the other 99) | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$RATE" "$BLOCK_S" "$variant" "$UPS" ${LAT% *} ${LAT#* } "$HWM_MB" "$ANON_MB"
+		RATIO+=("relay, 100 chats at $RATE/s, one blocked $BLOCK_S s, $variant: the other chats' reply p99 ${LAT#* } ms vs ${p99_free} ms with none blocked ($(ratio "${LAT#* }" "$p99_free")x, target: unchanged)")
+		[ $variant = before ] && p99_old=${LAT#* }
+	done
+	RATIO+=("relay, 100 chats at $RATE/s, one blocked $BLOCK_S s: the other chats' reply p99 after/before ${LAT#* }/${p99_old} ms = $(ratio "${LAT#* }" "$p99_old")x")
+	bench_relay_https "$TOTAL"
 }
 
 # The same over https, as with the real Telegram: the Python stand-in behind

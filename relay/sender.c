@@ -1,21 +1,31 @@
 /*
  * sender.c — the outbox's delivery: one thread, its own connection.
  *
- * Claims due calls (regstage.outbox_claim: at most one per chat, the
- * oldest pending, leased), performs them concurrently on a curl multi
- * handle, and reports each answer with regstage.outbox_report, which
- * decides: sent, retried with backoff (5xx, network error), the chat held
- * for retry_after (429: that chat only), or parked as failed (other 4xx).
- * A chat's next call is claimable only once its earlier one is reported,
- * so replies keep their order.  Woken by LISTEN regstage_outbox (NOTIFY at
- * the commit that queued calls), else every second for calls whose backoff
- * ended.
+ *   1. claim    regstage.outbox_claim(free slots, lease, RUN_MAX, last chat):
+ *               for each chat with due calls its oldest pending one, claimed,
+ *               and up to RUN_MAX - 1 calls queued after it; one chat per
+ *               slot, chats visited round robin from the last one claimed
+ *   2. send     each slot's current call, concurrently on a curl multi handle
+ *               (one keep-alive connection per slot)
+ *   3. report   every answer since the last report in one statement,
+ *               regstage.outbox_report_batch: sent, retried with backoff
+ *               (5xx, network error), the chat held for retry_after (429:
+ *               that chat only), or parked as failed (other 4xx); in the same
+ *               statement the slot's next call of that chat is claimed, and
+ *               only if it was does the slot go on with it (2.)
+ *
+ * So a chat has one call in flight at a time and its calls keep their
+ * order; a busy chat needs one report per call and one claim per RUN_MAX
+ * calls.  A 429, 5xx or network error ends the slot's run: the calls after it
+ * were never claimed and wait in the outbox behind the one retried.  Woken by
+ * LISTEN regstage_outbox (NOTIFY at the commit that queued calls), else every
+ * second for calls whose backoff ended.
  *
  * A call whose answer could not be reported yet (database down) keeps its
- * slot and is reported once the connection is back; its lease stops any
- * other sender from sending it again meanwhile.  If the relay dies between
- * Telegram's answer and the report, the call is sent again when its lease
- * ends: the one case of a reply delivered twice.
+ * slot and is reported once the connection is back, without going on with
+ * its run; its lease stops any other sender from sending it again meanwhile.
+ * If the relay dies between Telegram's answer and the report, the call is
+ * sent again when its lease ends: the one case of a reply delivered twice.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -30,6 +40,8 @@
 #define IDLE_WAIT_MS 1000
 #define DRAIN_MAX_MS 5000		/* at stop, calls still due are sent this long; the rest wait in the outbox */
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
+#define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
+#define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
 
 typedef enum
 {
@@ -38,13 +50,22 @@ typedef enum
 	SLOT_REPORTING				/* answered; outbox_report still to do */
 } SlotState;
 
+/* One outbox call as claimed: the first of a run is leased, the others wait their turn. */
+typedef struct Call
+{
+	char		id[24];
+	char		method[64];
+	char	   *body;			/* params as JSON text; NULL once sent */
+} Call;
+
 typedef struct Slot
 {
 	SlotState	state;
 	TgClient   *tg;
-	char	   *body;
-	char		id[24];
-	char		method[64];
+	Call		run[RUN_MAX];	/* calls of one chat in id order */
+	int			nrun;
+	int			pos;			/* the call in flight or being reported */
+	bool		in_batch;		/* in the report statement being made */
 	long		status;
 	int			retry_after;
 	char		error[512];
@@ -54,6 +75,43 @@ static pthread_t thread;
 static Slot *slots;
 static int	nslots;
 
+static int	count(SlotState st);
+
+/* The sender's two statements, prepared once per connection (parsing them took a tenth of a report). */
+static const struct
+{
+	const char *name;
+	const char *sql;
+	int			nparams;
+}			statements[] =
+{
+	{"claim", "SELECT id, chat_id, method, params::text "
+		"FROM regstage.outbox_claim($1::integer, $2::interval, $3::integer, $4::bigint)", 4},
+	{"report", "SELECT id, next_claimed FROM regstage.outbox_report_batch("
+		"$1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::bigint[], $6::interval)", 6},
+};
+static PGconn *prepared_on;		/* the connection they are prepared on */
+
+static PGresult *
+exec_prepared(PGconn *conn, const char *name, const char *const *values)
+{
+	int			k = strcmp(name, "claim") == 0 ? 0 : 1;
+
+	if (prepared_on != conn)
+	{
+		for (int i = 0; i < 2; i++)
+		{
+			PGresult   *res = PQprepare(conn, statements[i].name, statements[i].sql, statements[i].nparams, NULL);
+
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				return res;		/* the caller reports its error */
+			PQclear(res);
+		}
+		prepared_on = conn;
+	}
+	return PQexecPrepared(conn, statements[k].name, statements[k].nparams, values, NULL, NULL, 0);
+}
+
 static bool
 method_valid(const char *m)
 {
@@ -62,55 +120,301 @@ method_valid(const char *m)
 	return n > 0 && n < 64 && strspn(m, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == n;
 }
 
-/* outbox_report for a slot; false if the database could not be told */
-static bool
-report(PGconn *conn, Slot *s)
+/* Drop the calls of a slot's run after its current one (they stay unclaimed in the outbox). */
+static void
+run_cut(Slot *s)
 {
-	char		status[16];
-	char		retry[16];
-	const char *values[4] = {s->id, status, s->error[0] ? s->error : NULL, s->retry_after > 0 ? retry : NULL};
-	PGresult   *res;
-	bool		ok;
-
-	snprintf(status, sizeof(status), "%ld", s->status);
-	snprintf(retry, sizeof(retry), "%d", s->retry_after);
-	res = PQexecParams(conn, "SELECT regstage.outbox_report($1::bigint, $2::integer, $3, $4::integer)",
-					   4, NULL, values, NULL, NULL, 0);
-	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-	if (!ok)
+	for (int i = s->pos + 1; i < s->nrun; i++)
 	{
-		char		msg[512];
-
-		db_error_line(PQresultErrorMessage(res), msg, sizeof(msg));
-		relay_log(LOG_ERROR, "sender: outbox_report(%s) failed, kept to report again: %s", s->id, msg);
+		free(s->run[i].body);
+		s->run[i].body = NULL;
 	}
-	PQclear(res);
-	return ok;
+	if (s->nrun > s->pos + 1)
+		s->nrun = s->pos + 1;
 }
 
 static void
 slot_free(Slot *s)
 {
-	free(s->body);
-	s->body = NULL;
+	for (int i = 0; i < s->nrun; i++)
+	{
+		free(s->run[i].body);
+		s->run[i].body = NULL;
+	}
+	s->nrun = s->pos = 0;
 	s->state = SLOT_FREE;
 }
 
-/* Claim up to room calls and start them.  Returns how many, -1 on a failure. */
+/* Start the slot's current call (claimed): on the wire, or straight to its report. */
+static void
+start_call(CURLM *multi, Slot *s)
+{
+	Call	   *c = &s->run[s->pos];
+
+	s->status = 0;
+	s->retry_after = 0;
+	s->error[0] = '\0';
+	if (!method_valid(c->method))
+	{
+		/* parked as failed by the report: a 400 is never retried */
+		s->status = 400;
+		snprintf(s->error, sizeof(s->error), "not a Bot API method name");
+		s->state = SLOT_REPORTING;
+		return;
+	}
+	if (c->body == NULL)
+	{
+		/* retried later */
+		snprintf(s->error, sizeof(s->error), "out of memory in the relay");
+		s->state = SLOT_REPORTING;
+		return;
+	}
+	tg_prepare(s->tg, c->method, c->body, relay_config.send_timeout_s * 1000L, false);
+	curl_multi_add_handle(multi, tg_handle(s->tg));
+	s->state = SLOT_SENDING;
+}
+
+/* A growing text buffer for array literals; on out of memory it stays failed. */
+typedef struct Text
+{
+	char	   *p;
+	size_t		len;
+	size_t		cap;
+	bool		failed;
+} Text;
+
+static void
+text_add(Text *t, const char *s, size_t n)
+{
+	if (t->failed)
+		return;
+	if (t->len + n + 1 > t->cap)
+	{
+		size_t		cap = t->cap ? t->cap : 256;
+		char	   *p;
+
+		while (cap < t->len + n + 1)
+			cap *= 2;
+		if ((p = realloc(t->p, cap)) == NULL)
+		{
+			t->failed = true;
+			return;
+		}
+		t->p = p;
+		t->cap = cap;
+	}
+	memcpy(t->p + t->len, s, n);
+	t->len += n;
+	t->p[t->len] = '\0';
+}
+
+static void
+text_str(Text *t, const char *s)
+{
+	text_add(t, s, strlen(s));
+}
+
+/* one element of an array literal: NULL, or the value double-quoted */
+static void
+text_element(Text *t, const char *v)
+{
+	if (t->len > 1)
+		text_str(t, ",");
+	if (v == NULL)
+	{
+		text_str(t, "NULL");
+		return;
+	}
+	text_str(t, "\"");
+	for (const char *p = v; *p; p++)
+	{
+		if (*p == '"' || *p == '\\')
+			text_str(t, "\\");
+		text_add(t, p, 1);
+	}
+	text_str(t, "\"");
+}
+
+/* Cut a string at its last complete UTF-8 character (a truncated message may end inside one). */
+static void
+utf8_trim(char *s)
+{
+	size_t		n = strlen(s);
+	size_t		start = n;
+	int			need;
+
+	while (start > 0 && n - start < 3 && ((unsigned char) s[start - 1] & 0xC0) == 0x80)
+		start--;
+	if (start == 0 || ((unsigned char) s[start - 1] & 0x80) == 0)
+		return;
+	start--;					/* the lead byte of the last character */
+	need = ((unsigned char) s[start] & 0xE0) == 0xC0 ? 2 : ((unsigned char) s[start] & 0xF0) == 0xE0 ? 3 :
+		((unsigned char) s[start] & 0xF8) == 0xF0 ? 4 : 0;
+	if (need == 0 || n - start < (size_t) need)
+		s[start] = '\0';
+}
+
+/*
+ * The answered slots' outbox_report (all of them, or only slot `only`), and
+ * the claim of each one's next call, in one statement.  go_on: runs may
+ * continue (not past the drain).  False if the database could not be told;
+ * the slots stay to report again, their runs cut.
+ */
+static bool
+report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
+{
+	Text		arr[5] = {{0}};
+	char		lease[32];
+	const char *values[6];
+	PGresult   *res;
+	bool		ok;
+	int			n = 0;
+
+	for (int k = 0; k < 5; k++)
+		text_str(&arr[k], "{");
+	for (int i = 0; i < nslots; i++)
+	{
+		Slot	   *s = &slots[i];
+		char		num[24];
+		bool		next;
+
+		s->in_batch = false;
+		if (s->state != SLOT_REPORTING || (only >= 0 && i != only))
+			continue;
+		s->in_batch = true;
+		if (!go_on)
+			run_cut(s);
+		utf8_trim(s->error);
+		next = s->pos + 1 < s->nrun;
+		text_element(&arr[0], s->run[s->pos].id);
+		snprintf(num, sizeof(num), "%ld", s->status);
+		text_element(&arr[1], num);
+		text_element(&arr[2], s->error[0] ? s->error : NULL);
+		snprintf(num, sizeof(num), "%d", s->retry_after);
+		text_element(&arr[3], s->retry_after > 0 ? num : NULL);
+		text_element(&arr[4], next ? s->run[s->pos + 1].id : NULL);
+		n++;
+	}
+	for (int k = 0; k < 5; k++)
+	{
+		text_str(&arr[k], "}");
+		values[k] = arr[k].p;
+	}
+	if (n == 0)
+	{
+		for (int k = 0; k < 5; k++)
+			free(arr[k].p);
+		return true;
+	}
+	snprintf(lease, sizeof(lease), "%d seconds", relay_config.send_timeout_s + LEASE_MARGIN_S);
+	values[5] = lease;
+	if (arr[0].failed || arr[1].failed || arr[2].failed || arr[3].failed || arr[4].failed)
+		res = NULL;
+	else
+		res = exec_prepared(conn, "report", values);
+	for (int k = 0; k < 5; k++)
+		free(arr[k].p);
+	ok = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK;
+	if (!ok)
+	{
+		char		msg[512];
+
+		db_error_line(res ? PQresultErrorMessage(res) : "out of memory in the relay", msg, sizeof(msg));
+		relay_log(LOG_ERROR, "sender: outbox_report_batch of %d calls failed, kept to report again: %s", n, msg);
+		for (int i = 0; i < nslots; i++)
+			if (slots[i].in_batch)
+				run_cut(&slots[i]);
+		PQclear(res);
+		return false;
+	}
+	for (int r = 0; r < PQntuples(res); r++)
+	{
+		const char *id = PQgetvalue(res, r, 0);
+
+		for (int i = 0; i < nslots; i++)
+		{
+			Slot	   *s = &slots[i];
+
+			if (!s->in_batch || strcmp(s->run[s->pos].id, id) != 0)
+				continue;
+			s->in_batch = false;
+			if (strcmp(PQgetvalue(res, r, 1), "t") == 0 && s->pos + 1 < s->nrun)
+			{
+				/* the chat's next call is claimed: this slot sends it */
+				free(s->run[s->pos].body);
+				s->run[s->pos].body = NULL;
+				s->pos++;
+				start_call(multi, s);
+			}
+			else
+			{
+				slot_free(s);
+				*freed = true;
+			}
+			break;
+		}
+	}
+	/* a slot the answer did not name (none should be): its run ends */
+	for (int i = 0; i < nslots; i++)
+		if (slots[i].in_batch)
+		{
+			slots[i].in_batch = false;
+			slot_free(&slots[i]);
+			*freed = true;
+		}
+	PQclear(res);
+	return true;
+}
+
+/*
+ * Report every answered slot in one statement.  If that fails while the
+ * connection works, one report the database refuses must not hold the
+ * others: each is tried on its own.
+ */
+static bool
+report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
+{
+	bool		ok;
+
+	if (report_slots(conn, multi, go_on, freed, -1))
+		return true;
+	if (!db_usable(conn) || count(SLOT_REPORTING) < 2)
+		return false;
+	ok = true;
+	for (int i = 0; i < nslots && db_usable(conn); i++)
+		if (slots[i].state == SLOT_REPORTING && !report_slots(conn, multi, go_on, freed, i))
+			ok = false;
+	return ok;
+}
+
+/*
+ * Claim runs for up to room chats and start their first calls.  *after_chat
+ * is where the round robin goes on from.  Returns how many chats, -1 on a
+ * failure.
+ */
 static int
-claim(PGconn *conn, CURLM *multi, int room)
+claim(PGconn *conn, CURLM *multi, int room, char *after_chat, size_t after_len)
 {
 	char		max[16];
 	char		lease[32];
-	const char *values[2] = {max, lease};
+	char		per_chat[16];
+	const char *values[4] = {max, lease, per_chat, after_chat[0] ? after_chat : NULL};
 	PGresult   *res;
 	int			n;
 	int			k = 0;
+	int			chats = 0;
+	Slot	   *s = NULL;
+	long long	after = after_chat[0] ? atoll(after_chat) : 0;
+	bool		any_after = false;
+	bool		any = false;
+	bool		closed = false;
+	long long	max_after = 0;
+	long long	max_all = 0;
 
 	snprintf(max, sizeof(max), "%d", room);
 	snprintf(lease, sizeof(lease), "%d seconds", relay_config.send_timeout_s + LEASE_MARGIN_S);
-	res = PQexecParams(conn, "SELECT id, method, params::text FROM regstage.outbox_claim($1::integer, $2::interval)",
-					   2, NULL, values, NULL, NULL, 0);
+	snprintf(per_chat, sizeof(per_chat), "%d", RUN_MAX);
+	res = exec_prepared(conn, "claim", values);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		char		msg[512];
@@ -123,40 +427,56 @@ claim(PGconn *conn, CURLM *multi, int room)
 	n = PQntuples(res);
 	for (int i = 0; i < n; i++)
 	{
-		Slot	   *s;
+		bool		null_chat = PQgetisnull(res, i, 1);
+		bool		first = i == 0 || null_chat || PQgetisnull(res, i - 1, 1) ||
+			strcmp(PQgetvalue(res, i, 1), PQgetvalue(res, i - 1, 1)) != 0;
+		Call	   *c;
 
-		while (slots[k].state != SLOT_FREE)
-			k++;
-		s = &slots[k];
-		snprintf(s->id, sizeof(s->id), "%s", PQgetvalue(res, i, 0));
-		snprintf(s->method, sizeof(s->method), "%s", PQgetvalue(res, i, 1));
-		s->status = 0;
-		s->retry_after = 0;
-		s->error[0] = '\0';
-		if (!method_valid(PQgetvalue(res, i, 1)))
+		if (first)
 		{
-			/* parked as failed by the report: a 400 is never retried */
-			s->status = 400;
-			snprintf(s->error, sizeof(s->error), "not a Bot API method name");
-			s->state = SLOT_REPORTING;
-			continue;
+			/* a chat's first call, claimed: a free slot starts the run */
+			if (s != NULL)
+				start_call(multi, s);
+			s = NULL;
+			if (chats == room)
+				break;			/* more chats than asked for: their claims expire */
+			while (slots[k].state != SLOT_FREE)
+				k++;
+			s = &slots[k];
+			s->nrun = s->pos = 0;
+			s->state = SLOT_SENDING;	/* taken; start_call decides */
+			closed = false;
+			chats++;
+			if (!null_chat)
+			{
+				long long	chat = atoll(PQgetvalue(res, i, 1));
+
+				if (chat > after && (!any_after || chat > max_after))
+					max_after = chat, any_after = true;
+				if (!any || chat > max_all)
+					max_all = chat, any = true;
+			}
 		}
-		s->body = strdup(PQgetvalue(res, i, 2));
-		if (s->body == NULL)
+		else if (closed || s->nrun == RUN_MAX)
+			continue;
+		c = &s->run[s->nrun++];
+		snprintf(c->id, sizeof(c->id), "%s", PQgetvalue(res, i, 0));
+		snprintf(c->method, sizeof(c->method), "%s", PQgetvalue(res, i, 2));
+		c->body = strdup(PQgetvalue(res, i, 3));
+		if (c->body == NULL && !first)
 		{
-			s->status = 0;		/* retried later */
-			snprintf(s->error, sizeof(s->error), "out of memory in the relay");
-			s->state = SLOT_REPORTING;
-			continue;
+			/* the run ends before a call it could not keep: they go in order */
+			s->nrun--;
+			closed = true;
 		}
-		tg_prepare(s->tg, s->method, s->body, relay_config.send_timeout_s * 1000L, false);
-		curl_multi_add_handle(multi, tg_handle(s->tg));
-		s->state = SLOT_SENDING;
 	}
+	if (s != NULL)
+		start_call(multi, s);
 	PQclear(res);
-	return n;
+	if (any)
+		snprintf(after_chat, after_len, "%lld", any_after ? max_after : max_all);
+	return chats;
 }
-
 /* Transfers that ended: their answers become reports. */
 static int
 collect(CURLM *multi)
@@ -189,8 +509,8 @@ collect(CURLM *multi)
 		s->retry_after = res.retry_after;
 		snprintf(s->error, sizeof(s->error), "%s", res.error);
 		tg_result_clear(&res);
-		free(s->body);
-		s->body = NULL;
+		free(s->run[s->pos].body);
+		s->run[s->pos].body = NULL;
 		if (s->status == 401)
 		{
 			/* not reported: the call stays leased and is sent once a valid token runs */
@@ -200,8 +520,8 @@ collect(CURLM *multi)
 			continue;
 		}
 		if (s->status < 200 || s->status > 299)
-			relay_log(LOG_ERROR, "sender: call %s %s answered %ld (%s)", s->id, s->method, s->status,
-					  s->error[0] ? s->error : "no answer");
+			relay_log(LOG_ERROR, "sender: call %s %s answered %ld (%s)", s->run[s->pos].id, s->run[s->pos].method,
+					  s->status, s->error[0] ? s->error : "no answer");
 		s->state = SLOT_REPORTING;
 	}
 	return done;
@@ -223,9 +543,11 @@ sender_main(void *arg)
 	CURLM	   *multi = curl_multi_init();
 	PGconn	   *conn = NULL;
 	bool		want_claim = true;
+	bool		notified = false;	/* calls were queued since the last claim */
 	long		last_claim = 0;
 	long		drain_until = 0;
 	int			failures = 0;
+	char		after_chat[24] = "";	/* the round robin over chats goes on after this one */
 
 	if (multi == NULL)
 	{
@@ -261,6 +583,7 @@ sender_main(void *arg)
 		}
 		if (!db_usable(conn))
 		{
+			prepared_on = NULL; /* a new connection may get the old one's address */
 			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)
 			{
 				if (fatal || (draining && (count(SLOT_REPORTING) == 0 || relay_now_ms() > drain_until)))
@@ -279,31 +602,28 @@ sender_main(void *arg)
 			if (conn)
 				failures = 0;
 		}
-		for (int i = 0; conn && i < nslots; i++)
+		if (conn && count(SLOT_REPORTING) > 0)
 		{
-			if (slots[i].state == SLOT_REPORTING)
-			{
-				if (!report(conn, &slots[i]))
-				{
-					if (!db_usable(conn))
-						db_drop(&conn);
-					break;
-				}
-				slot_free(&slots[i]);
-				want_claim = true;	/* that chat's next call may be due */
-			}
+			bool		freed = false;
+			bool		go_on = !fatal && (!draining || relay_now_ms() < drain_until);
+
+			if (!report(conn, multi, go_on, &freed) && !db_usable(conn))
+				db_drop(&conn);
+			if (freed)
+				want_claim = true;	/* a slot for another chat */
 		}
 		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) &&
-			(want_claim || relay_now_ms() - last_claim >= IDLE_WAIT_MS))
+			(want_claim || relay_now_ms() - last_claim >= (notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS)))
 		{
 			int			room = count(SLOT_FREE);
 
 			if (room > 0)
 			{
-				int			n = claim(conn, multi, room);
+				int			n = claim(conn, multi, room, after_chat, sizeof(after_chat));
 
 				last_claim = relay_now_ms();
 				want_claim = n == room;	/* there may be more */
+				notified = false;
 				if (n < 0 && !db_usable(conn))
 					db_drop(&conn);
 				if (n == 0 && draining && count(SLOT_SENDING) == 0 && count(SLOT_REPORTING) == 0)
@@ -324,11 +644,13 @@ sender_main(void *arg)
 			nextra = extra.fd >= 0;
 		}
 		wait_ms = want_claim ? 0 : IDLE_WAIT_MS;
+		if (notified && count(SLOT_FREE) > 0)
+			wait_ms = NOTIFY_GAP_MS;
 		if (draining)
 			wait_ms = want_claim ? 0 : 50;
 		curl_multi_poll(multi, nextra ? &extra : NULL, nextra, (int) wait_ms, NULL);
 		if (conn && db_drain_notify(conn))
-			want_claim = true;
+			notified = true;
 	}
 	for (int i = 0; i < nslots; i++)
 	{
@@ -336,7 +658,7 @@ sender_main(void *arg)
 			curl_multi_remove_handle(multi, tg_handle(slots[i].tg));
 		if (slots[i].state == SLOT_REPORTING)
 			relay_log(LOG_ERROR, "sender: call %s answered %ld but not reported; it is sent again when its lease ends",
-					  slots[i].id, slots[i].status);
+					  slots[i].run[slots[i].pos].id, slots[i].status);
 		slot_free(&slots[i]);
 	}
 	curl_multi_cleanup(multi);

@@ -66,6 +66,7 @@ COMMENT ON VIEW regstage.queue_status IS 'inbox and outbox now: pending, waiting
 COMMENT ON FUNCTION regstage.update_chat_id(jsonb) IS 'the chat an update belongs to (the order key of the inbox)';
 COMMENT ON FUNCTION regstage.inbox_decode() IS 'trigger: decodes a raw update as it is stored; parks what cannot be decoded';
 COMMENT ON FUNCTION regstage.store_updates(bigint[], bytea[]) IS 'stores raw updates in the inbox in the caller''s transaction; returns how many were new';
+COMMENT ON FUNCTION regstage.inbox_claim() IS 'process_next''s claim: the oldest due pending update of a chat nobody is processing, locked';
 COMMENT ON FUNCTION regstage.process_next() IS 'applies the oldest due update of one chat and queues its replies; NULL when nothing is due';
 COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';
 COMMENT ON FUNCTION regstage.retry_update(bigint) IS 're-queues an update parked as failed; false when there is none';
@@ -73,8 +74,9 @@ COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body 
 COMMENT ON FUNCTION regstage.queue_call(text, jsonb, bigint) IS 'queues a Bot API call in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.send_message(bigint, text, jsonb) IS 'queues a sendMessage in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.outbox_notify() IS 'trigger: wakes the senders when calls are queued (at commit)';
-COMMENT ON FUNCTION regstage.outbox_claim(integer, interval) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease';
+COMMENT ON FUNCTION regstage.outbox_claim(integer, interval, integer, bigint) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease; with per_chat > 1 also the calls queued right after it (claimed one by one by outbox_report_batch)';
 COMMENT ON FUNCTION regstage.outbox_report(bigint, integer, text, integer) IS 'records what the Bot API answered for a claimed call: sent, retry later, or failed';
+COMMENT ON FUNCTION regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval) IS 'outbox_report for many calls in one statement; claims the next call of a chat once the one before it is done';
 COMMENT ON FUNCTION regstage.purge_processed(interval) IS 'deletes done inbox rows and sent outbox rows older than regstage.retention';
 
 -- Admin review

@@ -30,8 +30,9 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.handle_update(jsonb)'),
 		   ('regstage.store_updates(bigint[], bytea[])'),
 		   ('regstage.process_next()'),
-		   ('regstage.outbox_claim(integer, interval)'),
+		   ('regstage.outbox_claim(integer, interval, integer, bigint)'),
 		   ('regstage.outbox_report(bigint, integer, text, integer)'),
+		   ('regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval)'),
 		   ('regstage.send_message(bigint, text, jsonb)'),
 		   ('regstage.queue_call(text, jsonb, bigint)')
 $$;

@@ -93,6 +93,34 @@ $$;
 -- caller's transaction.  A failure is retried with backoff and parked after
 -- regstage.max_attempts; an outage (is_outage) is retried without counting.
 -- Returns the update_id handled, or NULL when nothing is due.
+--
+-- The claim runs in inbox_claim(), written so that its only plan walks
+-- inbox_pending in update_id order and asks inbox_pending_chat for each
+-- candidate's chat: a processor's connection plans it once and keeps the
+-- plan, and with the planner free to choose, a plan made while the inbox
+-- was empty (a relay started on an empty queue) compared every pending
+-- update with every other — 0.3 s per update with 3,000 queued.  A chat's
+-- first pending update is looked up as the first at or after its chat_id
+-- in (chat_id, update_id) order, an order no other index gives.
+CREATE OR REPLACE FUNCTION regstage.inbox_claim(OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
+											   OUT attempts integer)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_sort = off AS $$
+BEGIN
+	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
+	  FROM regstage.inbox i
+	 WHERE i.status = 'pending' AND i.next_attempt_at <= now()
+	   AND (i.chat_id IS NULL			-- no chat: no order to keep
+			OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
+											WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
+											ORDER BY e.chat_id, e.update_id LIMIT 1))
+	 ORDER BY i.update_id
+	 LIMIT 1
+	 FOR UPDATE SKIP LOCKED;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION regstage.process_next()
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -102,15 +130,8 @@ DECLARE
 	message text;
 	max_attempts integer := current_setting('regstage.max_attempts')::integer;
 BEGIN
-	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO u
-	  FROM regstage.inbox i
-	 WHERE i.status = 'pending' AND i.next_attempt_at <= now()
-	   AND NOT EXISTS (SELECT 1 FROM regstage.inbox e
-						WHERE e.status = 'pending' AND e.chat_id = i.chat_id AND e.update_id < i.update_id)
-	 ORDER BY i.update_id
-	 LIMIT 1
-	 FOR UPDATE SKIP LOCKED;
-	IF NOT FOUND THEN
+	SELECT c.update_id, c.chat_id, c.body, c.attempts INTO u FROM regstage.inbox_claim() c;
+	IF u.update_id IS NULL THEN
 		RETURN NULL;
 	END IF;
 
@@ -222,23 +243,157 @@ CREATE OR REPLACE TRIGGER outbox_notify
 	AFTER INSERT ON regstage.outbox
 	FOR EACH STATEMENT EXECUTE FUNCTION regstage.outbox_notify();
 
--- Send: claim up to max_calls due calls, at most one per chat (the oldest
--- pending of each), for lease.  A sender that dies leaves its claims to
--- expire; they are sent again then (at most what it had in flight).
-CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute')
+-- Send: claim due calls of up to max_calls chats, for lease.  Of each chat
+-- its oldest pending call is claimed (leased, its attempt counted); with
+-- per_chat > 1 up to per_chat - 1 calls queued right after it come too,
+-- unclaimed: the sender sends them one after the other, and
+-- outbox_report_batch() claims each one (next_ids) in the statement that
+-- reports the call before it.  So a chat never has more than one call in
+-- flight, and one busy chat costs one claim per per_chat calls.
+--
+-- Chats are visited by a loose index scan over outbox_pending_chat, one
+-- probe per chat, in chat_id order from after_chat on and round again
+-- (a sender passes the last chat it claimed: every chat gets its turn),
+-- stopping once max_calls chats are found; calls of no chat come last.  The
+-- cost does not depend on how many calls a chat has queued.  A sender that
+-- dies leaves its claims to expire; they are sent again then (at most what
+-- it had in flight).
+CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute',
+												 per_chat integer DEFAULT 1, after_chat bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-	UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
-	 WHERE o.id IN (
-		SELECT c.id FROM regstage.outbox c
-		 WHERE c.status = 'pending' AND c.next_attempt_at <= now()
-		   AND (c.claimed_until IS NULL OR c.claimed_until < now())
-		   AND NOT EXISTS (SELECT 1 FROM regstage.outbox e
-							WHERE e.status = 'pending' AND e.chat_id = c.chat_id AND e.id < c.id)
-		 ORDER BY c.id
-		 LIMIT max_calls
-		 FOR UPDATE SKIP LOCKED)
-	RETURNING o.id, o.chat_id, o.method, o.params, o.attempts
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- plans pinned to the indexes, whatever the outbox held when a sender's
+-- connection planned them (see inbox_claim)
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+#variable_conflict use_column
+DECLARE
+	heads bigint[] := '{}';
+	more bigint[];
+	pass integer;
+	lo bigint;					-- chats after lo (NULL: from the first) ...
+	hi bigint;					-- ... up to hi (NULL: to the last)
+BEGIN
+	IF max_calls IS NULL OR max_calls < 1 THEN
+		RETURN;
+	END IF;
+	IF after_chat = 9223372036854775807 THEN
+		after_chat := NULL;		-- no chat after it: start at the first
+	END IF;
+	FOR pass IN 1 .. 2 LOOP
+		IF pass = 1 THEN
+			lo := after_chat; hi := NULL;
+		ELSIF after_chat IS NULL THEN
+			EXIT;
+		ELSE
+			lo := NULL; hi := after_chat;
+		END IF;
+		WITH RECURSIVE chats AS (
+			(SELECT o.chat_id, o.id,
+					o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now()) AS ready
+			   FROM regstage.outbox o
+			  WHERE o.status = 'pending' AND o.chat_id >= coalesce(lo + 1, -9223372036854775808)
+			  ORDER BY o.chat_id, o.id LIMIT 1)
+			UNION ALL
+			SELECT n.chat_id, n.id, n.ready
+			  FROM chats h,
+				   LATERAL (SELECT o.chat_id, o.id,
+								   o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now())
+							  FROM regstage.outbox o
+							 WHERE o.status = 'pending' AND o.chat_id > h.chat_id
+							 ORDER BY o.chat_id, o.id LIMIT 1) n(chat_id, id, ready)
+			 WHERE hi IS NULL OR n.chat_id <= hi
+		)
+		SELECT array_agg(c.id) INTO more
+		  FROM (SELECT c.id FROM chats c WHERE c.ready AND (hi IS NULL OR c.chat_id <= hi)
+				 LIMIT max_calls - cardinality(heads)) c;
+		heads := heads || coalesce(more, '{}');
+		EXIT WHEN cardinality(heads) >= max_calls;
+	END LOOP;
+	IF cardinality(heads) < max_calls THEN
+		-- calls of no chat: no order to keep, each its own
+		SELECT array_agg(o.id) INTO more
+		  FROM (SELECT o.id FROM regstage.outbox o
+				 WHERE o.status = 'pending' AND o.chat_id IS NULL AND o.next_attempt_at <= now()
+				   AND (o.claimed_until IS NULL OR o.claimed_until < now())
+				 ORDER BY o.id LIMIT max_calls - cardinality(heads)) o;
+		heads := heads || coalesce(more, '{}');
+	END IF;
+	IF cardinality(heads) = 0 THEN
+		RETURN;
+	END IF;
+	-- lock what nobody else is claiming; a head another sender claimed or
+	-- sent since is rechecked here and left out
+	SELECT array_agg(l.id) INTO heads
+	  FROM (SELECT o.id FROM regstage.outbox o
+			 WHERE o.id = ANY (heads) AND o.status = 'pending' AND o.next_attempt_at <= now()
+			   AND (o.claimed_until IS NULL OR o.claimed_until < now())
+			   FOR UPDATE SKIP LOCKED) l;
+	IF heads IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	WITH claimed AS (
+		UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
+		 WHERE o.id = ANY (heads)
+		RETURNING o.id, o.chat_id, o.method, o.params, o.attempts),
+	run AS (
+		SELECT c.id AS head, c.id, c.chat_id, c.method, c.params, c.attempts, true AS ready FROM claimed c
+		UNION ALL
+		SELECT c.id, f.id, f.chat_id, f.method, f.params, f.attempts,
+			   f.next_attempt_at <= now() AND (f.claimed_until IS NULL OR f.claimed_until < now())
+		  FROM claimed c,
+			   -- the calls after it in (chat_id, id) order: only outbox_pending_chat gives it
+			   LATERAL (SELECT f.id, f.chat_id, f.method, f.params, f.attempts, f.next_attempt_at, f.claimed_until
+						  FROM regstage.outbox f
+						 WHERE f.status = 'pending' AND (f.chat_id, f.id) > (c.chat_id, c.id)
+						 ORDER BY f.chat_id, f.id LIMIT per_chat - 1) f
+		 WHERE per_chat > 1 AND c.chat_id IS NOT NULL AND f.chat_id = c.chat_id),
+	prefix AS (			-- a run stops before the first call that is not due
+		SELECT r.*, bool_and(r.ready) OVER (PARTITION BY r.head ORDER BY r.id) AS keep FROM run r)
+	SELECT p.id, p.chat_id, p.method, p.params, p.attempts FROM prefix p WHERE p.keep ORDER BY p.head, p.id;
+END
+$$;
+
+-- A sender's answers, one statement for many: outbox_report() for each
+-- ids[i]; and when that call is done with (sent, or parked as failed) and
+-- next_ids[i] is the call the sender holds next for that chat, that call is
+-- claimed (leased, its attempt counted) — only if it is now the chat's
+-- oldest pending call, due and unclaimed.  The sender sends it only if
+-- next_claimed: so calls of one chat keep their order, and an answer that
+-- was never recorded is the only way a call goes out twice.
+CREATE OR REPLACE FUNCTION regstage.outbox_report_batch(ids bigint[], http_statuses integer[],
+														errors text[] DEFAULT NULL, retry_afters integer[] DEFAULT NULL,
+														next_ids bigint[] DEFAULT NULL,
+														lease interval DEFAULT '1 minute')
+RETURNS TABLE (id bigint, status text, next_claimed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+#variable_conflict use_column
+DECLARE
+	i integer;
+BEGIN
+	IF cardinality(ids) IS DISTINCT FROM cardinality(http_statuses) THEN
+		RAISE EXCEPTION 'outbox_report_batch: % ids but % http_statuses', cardinality(ids), cardinality(http_statuses)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR i IN 1 .. coalesce(cardinality(ids), 0) LOOP
+		id := ids[i];
+		status := regstage.outbox_report(ids[i], http_statuses[i], errors[i], retry_afters[i]);
+		next_claimed := false;
+		IF next_ids[i] IS NOT NULL AND status IN ('sent', 'failed') THEN
+			UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
+			  FROM regstage.outbox p
+			 WHERE p.id = ids[i] AND o.id = next_ids[i] AND o.chat_id = p.chat_id AND o.id > p.id
+			   AND o.status = 'pending' AND o.next_attempt_at <= now()
+			   AND (o.claimed_until IS NULL OR o.claimed_until < now())
+			   -- nothing of the chat pending before it (all before p is done: p was the oldest)
+			   AND NOT EXISTS (SELECT 1 FROM regstage.outbox e
+								WHERE e.status = 'pending' AND e.chat_id = o.chat_id AND e.id > p.id AND e.id < o.id);
+			next_claimed := FOUND;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
 $$;
 
 -- What the Bot API answered for a claimed call (http_status 0: no answer,
@@ -248,7 +403,8 @@ $$;
 -- failed with the error.  Returns the call's new status.
 CREATE OR REPLACE FUNCTION regstage.outbox_report(id bigint, http_status integer, error text DEFAULT NULL,
 												  retry_after integer DEFAULT NULL)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_bitmapscan = off AS $$	-- by primary key, whatever the queue held at the first call
 DECLARE
 	new_status text;
 BEGIN

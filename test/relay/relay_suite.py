@@ -77,6 +77,8 @@ def _():
 def _():
     env.inject(registration(30001))
     wait_for(lambda: registered(30001), 20, "user 30001 registered")
+    # the last reply leaves the outbox after the commit that registered the user
+    wait_for(lambda: len(env.calls(30001, "sendMessage")) >= 6, 5, "the 6 replies")
     texts = [c["params"].get("text", "") for c in env.calls(30001, "sendMessage")]
     expected = ["Welcome", "Please send your full name", "Please share your phone", "Please send a photo of your passport",
                 "Now please send a selfie", "Registration complete"]
@@ -404,6 +406,53 @@ def _():
     assert c[0] - at >= 3.0, "retried too early (%.2f s)" % (c[0] - at)
     time.sleep(0.5)
     assert len(replies_at(36010)) == 1
+
+
+@case("one busy chat", "1,000 messages queued for one chat in one transaction, a 429 (retry_after=3) on the 500th: "
+      "the 1,000 arrive once each, in order, the first 499 within 5 s, the 500th >= 3 s after the 499th; 20 other "
+      "chats' messages queued while the busy chat waits out its 429 arrive within 1.5 s, before its 500th; only the "
+      "500th has 2 attempts")
+def _():
+    chat, n = 36100, 1000
+    env.http("/_test/fault", {"method": "sendMessage", "chat_id": chat, "text": "busy 500", "status": 429,
+                              "retry_after": 3, "times": 1})
+    t0 = time.time()
+    env.sql("SELECT count(regstage.send_message(%d, 'busy ' || g)) FROM generate_series(1, %d) g" % (chat, n))
+    wait_for(lambda: env.sql("SELECT http_status FROM regstage.outbox WHERE chat_id = %d AND params->>'text' = "
+                             "'busy 500'" % chat) == "429", 15, "the 429 on the 500th")
+    t1 = time.time()
+    env.sql("SELECT count(regstage.send_message(t, 'other')) FROM generate_series(36101, 36120) t")
+    wait_for(lambda: len(env.calls(chat, "sendMessage")) >= n, 30, "the busy chat's %d messages" % n)
+    calls = env.calls(chat, "sendMessage")
+    got = [c["params"]["text"] for c in calls]
+    assert got == ["busy %d" % i for i in range(1, n + 1)], \
+        "out of order or twice: %s" % [(i, t) for i, t in enumerate(got) if t != "busy %d" % (i + 1)][:5]
+    at = {c["params"]["text"]: c["at"] for c in calls}
+    others = max(replies_at(t)[0] for t in range(36101, 36121))
+    print("    the first 499 in %.2f s, all %d in %.2f s; the 500th %.2f s after the 499th; the other chats "
+          "within %.2f s" % (at["busy 499"] - t0, n, at["busy %d" % n] - t0, at["busy 500"] - at["busy 499"],
+                             others - t1))
+    assert at["busy 499"] - t0 <= 5.0, "499 messages of one chat took %.2f s" % (at["busy 499"] - t0)
+    assert at["busy 500"] - at["busy 499"] >= 3.0, "the 429's retry_after was not kept"
+    assert others - t1 <= 1.5 and others < at["busy 500"], \
+        "another chat waited %.2f s behind the busy one's 429" % (others - t1)
+    assert env.sql("SELECT count(*), sum(attempts) FROM regstage.outbox WHERE chat_id = %d AND status = 'sent'"
+                   % chat) == "%d|%d" % (n, n + 1), "attempts: a call counted without being sent"
+
+
+@case("a batch the database refuses is held", "store_updates refused (EXECUTE revoked from the relay's role): the "
+      "batch is retried and not confirmed to Telegram; once granted again its update is answered")
+def _():
+    since = log_from()
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[]) FROM relay_bot")
+    try:
+        env.inject([text(30018, "/start")])
+        wait_for(lambda: "store_updates failed" in since(), 10, "the refused store logged")
+        time.sleep(1)
+        assert not env.calls(30018), "answered while the store was refused"
+    finally:
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[]) TO relay_bot")
+    wait_for(lambda: env.calls(30018), 20, "the reply once store_updates is allowed again")
 
 
 @case("PostgreSQL restart", "updates sent while the database restarts are held and applied after")

@@ -18,7 +18,8 @@ Test control (no token):
                          or {"method": "sendMessage", "delay_ms": 50, "times": 100} (slow, then normal;
                          "jitter": true makes each delay a random part of delay_ms)
                          "chat_id": N limits a fault to calls for that chat; "hold_ms": N records
-                         the call (Telegram accepted it) and only then waits N ms before answering
+                         the call (Telegram accepted it) and only then waits N ms before answering;
+                         "text": T limits it to calls with that text
   POST /_test/raw_updates  [{"update_id": N or null, "raw_b64": "..."}]: queued as is, bytes spliced
                          into getUpdates' result array (undecodable updates; update_id null: none)
 
@@ -252,7 +253,8 @@ class Handler(BaseHTTPRequestHandler):
 
         def applies(f):
             return f.get("method") == method and f.get("times", 1) > 0 and \
-                ("chat_id" not in f or str(f["chat_id"]) == str(body.get("chat_id")))
+                ("chat_id" not in f or str(f["chat_id"]) == str(body.get("chat_id"))) and \
+                ("text" not in f or f["text"] == body.get("text"))
         with st.lock:
             for f in st.faults:
                 if applies(f) and "delay_ms" in f:
