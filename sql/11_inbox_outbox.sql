@@ -138,6 +138,14 @@ SELECT regstage.outbox_report(id, 200) FROM regstage.outbox_claim(10);
 SELECT chat_id, left(params->>'text', 20) AS text, status, attempts FROM regstage.outbox ORDER BY id;
 -- a report for a call already sent changes nothing
 SELECT regstage.outbox_report(min(id), 500) FROM regstage.outbox WHERE status = 'sent';
+-- an edit refused because the message already reads so (two admins deciding
+-- one review at once) is done, not parked; another 400 is parked
+SELECT regstage.queue_call('editMessageText', '{"chat_id": 30053, "message_id": 7, "text": "Approved"}') > 0 AS queued;
+SELECT regstage.outbox_report(id, 400, 'Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message')
+  FROM regstage.outbox_claim(10);
+SELECT regstage.queue_call('editMessageText', '{"chat_id": 30053, "message_id": 8, "text": "Approved"}') > 0 AS queued;
+SELECT regstage.outbox_report(id, 400, 'Bad Request: message to edit not found') FROM regstage.outbox_claim(10);
+SELECT params->>'message_id' AS message_id, status, http_status FROM regstage.outbox WHERE chat_id = 30053 ORDER BY id;
 
 -- 7. What an operator reads; retention keeps what failed
 SELECT queue, pending, waiting_retry, failed, retried FROM regstage.queue_status;

@@ -400,7 +400,10 @@ $$;
 -- a network error).  2xx: sent.  429: this chat waits retry_after seconds,
 -- no other chat does.  5xx, 0: retried with backoff (at most 60 s).  Any
 -- other status (blocked by the user, chat not found, bad request): parked as
--- failed with the error.  Returns the call's new status.
+-- failed with the error — except an edit Telegram refuses with "message is
+-- not modified": the message already reads so (two admins deciding the same
+-- review at once edit it to the same text), which is what the call wanted.
+-- Returns the call's new status.
 CREATE OR REPLACE FUNCTION regstage.outbox_report(id bigint, http_status integer, error text DEFAULT NULL,
 												  retry_after integer DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -408,9 +411,10 @@ SET enable_seqscan = off SET enable_bitmapscan = off AS $$	-- by primary key, wh
 DECLARE
 	new_status text;
 BEGIN
-	IF outbox_report.http_status BETWEEN 200 AND 299 THEN
+	IF outbox_report.http_status BETWEEN 200 AND 299 OR
+	   (outbox_report.http_status = 400 AND outbox_report.error LIKE '%message is not modified%') THEN
 		UPDATE regstage.outbox o SET status = 'sent', sent_at = now(), claimed_until = NULL,
-			   http_status = outbox_report.http_status, last_error = NULL
+			   http_status = outbox_report.http_status, last_error = outbox_report.error
 		 WHERE o.id = outbox_report.id AND o.status = 'pending'
 		RETURNING o.status INTO new_status;
 	ELSIF outbox_report.http_status = 429 OR outbox_report.http_status >= 500 OR outbox_report.http_status = 0 THEN
