@@ -273,6 +273,13 @@ DECLARE
 	lo bigint;					-- chats after lo (NULL: from the first) ...
 	hi bigint;					-- ... up to hi (NULL: to the last)
 BEGIN
+	-- on a standby an empty outbox would claim nothing without an error;
+	-- say what is wrong, as every writing function does there
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot claim outbox calls on a standby: this server is in recovery'
+			USING ERRCODE = 'read_only_sql_transaction',
+				  HINT = 'Connect the sender to the primary (libpq: target_session_attrs=read-write with every host in the URI).';
+	END IF;
 	IF max_calls IS NULL OR max_calls < 1 THEN
 		RETURN;
 	END IF;

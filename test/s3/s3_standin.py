@@ -17,7 +17,8 @@ by bucket name (path-style requests: /<bucket>/<key>):
 GET /_blob/<n> serves n deterministic bytes (a download to stream from);
 GET /_log returns the requests seen, as JSON; GET /_objects?prefix=<p>
 returns the verified store's objects under p as {key: [size, sha256]}
-(unsigned: the tests' own view of the store).
+(unsigned: the tests' own view of the store); POST /_seed and /_drop with
+{"keys": [...], "size": n, "age": seconds} make or remove objects at once.
 
 Like S3, and unlike s3rver, a PUT whose body did not arrive in full
 stores nothing.
@@ -158,6 +159,20 @@ class Handler(BaseHTTPRequestHandler):
             log.append(entry)
         if path == "/_log":
             return self.reply(200, json.dumps(log).encode(), {"Content-Type": "application/json"})
+        if path in ("/_seed", "/_drop") and self.command == "POST":
+            # {"keys": [...], "size": n, "age": seconds}: objects made (or
+            # dropped) at once, bypassing PUT, so a test can fill the store
+            # with 100,000 objects in a moment
+            spec = json.loads(payload)
+            body = b"x" * spec.get("size", 16)
+            made = time.time() - spec.get("age", 0)
+            with lock:
+                for k in spec["keys"]:
+                    if path == "/_seed":
+                        store[k] = (body, made)
+                    else:
+                        store.pop(k, None)
+            return self.reply(200, b"{}", {"Content-Type": "application/json"})
         if path == "/_objects":
             prefix = urllib.parse.parse_qs(raw_query).get("prefix", [""])[0]
             with lock:
