@@ -1018,6 +1018,7 @@ cleanup_run_s3(int64 max_age_s, CleanupStats *stats)
 				S3Object   *o = objs[unref[j]];
 				int64		age_s = (now - o->last_modified) / USECS_PER_SEC;
 				char		age[32];
+				bool		still;
 
 				if (age_s < max_age_s)
 				{
@@ -1028,7 +1029,10 @@ cleanup_run_s3(int64 max_age_s, CleanupStats *stats)
 				values[0] = CStringGetTextDatum(o->key);
 				if (SPI_execute_plan(still_plan, values, NULL, true, 1) != SPI_OK_SELECT)
 					elog(ERROR, "pg_regstage cleanup: could not look up regstage.documents");
-				if (SPI_processed > 0)
+				still = SPI_processed > 0;
+				/* each result has its own context (8 KB at least) until SPI_finish */
+				SPI_freetuptable(SPI_tuptable);
+				if (still)
 				{
 					stats->referenced++;
 					continue;

@@ -927,8 +927,8 @@ def s3_control(path, spec):
 
 @case("cleanup: 100,000 objects", "the namespace holds 100,000 objects: 45,000 referenced by rows and 3 days old, "
       "45,000 unreferenced and new, 10,000 unreferenced and 3 days old -> cleanup_orphans('1 hour') lists them in "
-      "pages, deletes exactly the 10,000, keeps the rest (the backend's private memory is printed: about 100 MB "
-      "here, where the local walk stays flat — a known gap)", s3_only=True)
+      "pages, deletes exactly the 10,000, keeps the rest; the backend's private memory (RssAnon) stays under "
+      "48 MB", s3_only=True)
 def _():
     users, orphans_old, young = 22500, 10000, 45000
     body_sha = hashlib.sha256(b"x" * 16).hexdigest()
@@ -976,6 +976,7 @@ def _():
         check(all(k in left for k in referenced), "a referenced object was deleted")
         check(not any(k in left for k in old), "an old orphan was kept")
         check(all(k in left for k in new), "a young orphan was deleted")
+        check(rss[0] < 48 * 1024, "backend RssAnon peaked at %d kB" % rss[0])
     finally:
         env.sql("SET session_replication_role = replica; "
                 "DELETE FROM regstage.documents d USING regstage.users u WHERE d.user_id = u.id AND u.telegram_id >= 7000000; "
