@@ -16,26 +16,16 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from regstage_testlib import Report, check  # noqa: E402
+from s3lib import D, S3RVER, SECRET_FILE, STANDIN, fetch, http, outputs  # noqa: E402,F401
+import s3lib  # noqa: E402
 
-D = os.environ["S3_SUITE_DIR"]
-S3RVER = "http://127.0.0.1:%s" % os.environ["S3_SUITE_S3RVER_PORT"]
-STANDIN = "http://127.0.0.1:%s" % os.environ["S3_SUITE_STANDIN_PORT"]
-SECRET_FILE = os.path.join(D, "keys", "secret")
 DB = "s3_commit"
 report = Report()
 case = report.case
-outputs = open(os.path.join(D, "outputs.log"), "a")
-http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def psql(sql, stop=True):
-    cmd = ["psql", "-X", "-qAt", "-v", "VERBOSITY=verbose", "-d", DB, "-U", "postgres", "-f", "-"]
-    if stop:
-        cmd[1:1] = ["-v", "ON_ERROR_STOP=1"]
-    p = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=300)
-    outputs.write("-- %s\n%s\n%s\n%s\n" % (DB, sql, p.stdout, p.stderr))
-    outputs.flush()
-    return p.returncode, p.stdout.strip(), p.stderr.strip()
+    return s3lib.psql(sql, DB, stop=stop)
 
 
 def ok(sql):
@@ -52,14 +42,6 @@ def fails(sql, state, *texts):
     for t in texts:
         check(t in err, "%r not in: %s" % (t, err))
     return err
-
-
-def fetch(url):
-    try:
-        with http.open(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def stage(tid, passport="AgACpassport123", selfie="AgACselfie123"):

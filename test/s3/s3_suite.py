@@ -14,31 +14,20 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from regstage_testlib import Report  # noqa: E402
+from s3lib import D, S3RVER, SECRET_FILE, STANDIN, fetch, http, outputs  # noqa: E402,F401
+import s3lib  # noqa: E402
 
-D = os.environ["S3_SUITE_DIR"]
 SECRET = os.environ["S3_SUITE_SECRET"]
 WRONG_SECRET = "Wrong" + SECRET[::-1] + "x"
-S3RVER = "http://127.0.0.1:%s" % os.environ["S3_SUITE_S3RVER_PORT"]
-STANDIN = "http://127.0.0.1:%s" % os.environ["S3_SUITE_STANDIN_PORT"]
 CLOSED = "http://127.0.0.1:%s" % os.environ["S3_SUITE_CLOSED_PORT"]
-SECRET_FILE = os.path.join(D, "keys", "secret")
 DB_A, DB_B = "s3_regression", "s3_regression_b"
 ROOT = os.geteuid() == 0
 report = Report()
 case = report.case
-outputs = open(os.path.join(D, "outputs.log"), "a")
-http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def psql(sql, db=DB_A, user="postgres", stop=True):
-    """Run a script; (rc, stdout, stderr), all of it kept for the secrecy check."""
-    cmd = ["psql", "-X", "-qAt", "-v", "VERBOSITY=verbose", "-d", db, "-U", user, "-f", "-"]
-    if stop:
-        cmd[1:1] = ["-v", "ON_ERROR_STOP=1"]
-    p = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=300)
-    outputs.write("-- %s\n%s\n%s\n%s\n" % (db, sql, p.stdout, p.stderr))
-    outputs.flush()
-    return p.returncode, p.stdout.strip(), p.stderr.strip()
+    return s3lib.psql(sql, db, user, stop)
 
 
 def ok(sql, **kw):
@@ -63,14 +52,6 @@ def fails(sql, state, *texts, hint=True, **kw):
 
 def at(endpoint, bucket):
     return "SET regstage.s3_endpoint = '%s'; SET regstage.s3_bucket = '%s';\n" % (endpoint, bucket)
-
-
-def fetch(url):
-    try:
-        with http.open(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def blob(n):
