@@ -40,6 +40,7 @@ char	   *regstage_required_documents = NULL;
 char	   *regstage_pdf_documents = NULL;
 int			regstage_max_attempts = 5;
 int			regstage_retention_s = 7 * 86400;
+bool		regstage_queue_notify = true;
 char	   *regstage_admin_chat_id = NULL;
 int			regstage_rejected_retention_s = 30 * 86400;
 char	   *regstage_upload_dir = NULL;
@@ -557,6 +558,17 @@ regstage_define_gucs(void)
 							"Failed rows stay until someone handles them.",
 							&regstage_retention_s, 7 * 86400, 60, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	/*
+	 * NOTIFY takes a database-wide lock at commit that is held through the
+	 * WAL flush, so every notifying transaction commits one after the other;
+	 * a process that wakes its own workers (the relay) turns it off for the
+	 * transactions it runs in a loop.
+	 */
+	DefineCustomBoolVariable("regstage.queue_notify",
+							 "NOTIFY regstage_inbox / regstage_outbox at the commit of a transaction that stored updates or queued Bot API calls.",
+							 "Off: processors and senders find the work by polling (about once a second) or by their own wake-up.",
+							 &regstage_queue_notify, true,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.admin_chat_id",
 							   "Telegram chat that gets the review of each new registration (0: each admin's own chat).",
 							   "A group id such as -1001234567890; the admins are the rows of regstage.admins.",

@@ -143,15 +143,15 @@ db_drain_notify(PGconn *conn)
 }
 
 bool
-db_wait_notify(PGconn *conn, long ms)
+db_wait_notify(PGconn *conn, int wake_fd, long ms)
 {
-	struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+	struct pollfd pfd[2] = {{.fd = PQsocket(conn), .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
 
 	if (db_drain_notify(conn))
 		return true;
-	if (pfd.fd < 0)
+	if (pfd[0].fd < 0)
 		return false;
-	if (poll(&pfd, 1, (int) ms) <= 0)
+	if (poll(pfd, wake_fd >= 0 ? 2 : 1, (int) ms) <= 0)
 		return false;
 	return db_drain_notify(conn);
 }
@@ -221,7 +221,7 @@ db_store_updates(PGconn *conn, int n, const int64_t *ids, const char *const *bod
 		const char *values[2] = {ida, bodya};
 		int			lengths[2] = {idlen, bodylen};
 		int			formats[2] = {1, 1};
-		PGresult   *res = PQexecParams(conn, "SELECT regstage.store_updates($1::bigint[], $2::bytea[])",
+		PGresult   *res = PQexecParams(conn, "SELECT regstage.store_updates($1::bigint[], $2::bytea[], false)",
 									   2, NULL, values, lengths, formats, 0);
 
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)

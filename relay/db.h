@@ -29,18 +29,19 @@ void		db_drop(PGconn **conn);
 
 /*
  * Wait up to ms for a notification on the connection's channel (or for
- * data, or an error).  True if a notification arrived; every pending one
- * is consumed.
+ * data, or an error), or for wake_fd (if >= 0) to become readable.  True if
+ * a notification arrived; every pending one is consumed.
  */
-bool		db_wait_notify(PGconn *conn, long ms);
+bool		db_wait_notify(PGconn *conn, int wake_fd, long ms);
 
 /* Consume pending notifications without waiting; true if there were any. */
 bool		db_drain_notify(PGconn *conn);
 
 /*
- * store_updates(ids, bodies) in one statement, binary parameters (the
- * bodies are stored byte for byte).  Returns how many were new, or -1 on a
- * failure (logged; err gets the message).
+ * store_updates(ids, bodies, notify => false) in one statement, binary
+ * parameters (the bodies are stored byte for byte): no NOTIFY, the caller
+ * wakes this relay's processors (processors_wake).  Returns how many were
+ * new, or -1 on a failure (logged; err gets the message).
  */
 int			db_store_updates(PGconn *conn, int n, const int64_t *ids, const char *const *bodies,
 							 const size_t *lens, char *err, size_t errlen);

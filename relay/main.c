@@ -246,7 +246,7 @@ main(int argc, char **argv)
 	choose_ca_path();
 	if (getenv("RELAY_MAX_ATTEMPTS"))
 		relay_log(LOG_INFO, "RELAY_MAX_ATTEMPTS is ignored: the database's regstage.max_attempts decides");
-	if (!processors_start(relay_config.workers) || !sender_start())
+	if (!sender_start() || !processors_start(relay_config.workers))
 	{
 		fprintf(stderr, "regstage-relay: could not start threads\n");
 		return 1;

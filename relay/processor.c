@@ -6,13 +6,20 @@
  * update of a chat no one else is processing (row locks, SKIP LOCKED),
  * applies it and queues its replies in the outbox, all in one transaction,
  * and retries or parks what fails.  So a processor only loops; one stuck in
- * a chat's long commit holds that chat alone.  An idle processor waits on
- * LISTEN regstage_inbox, at most a second: an update whose retry backoff
- * ended sends no notification.
+ * a chat's long commit holds that chat alone.  An idle processor waits,
+ * at most a second (an update whose retry backoff ended wakes no one), for
+ * this relay's receiver (processors_wake: a byte in each processor's pipe)
+ * or a NOTIFY regstage_inbox from anyone else (LISTEN).  This relay's own
+ * transactions do not NOTIFY: process_next(false), and the sender is woken
+ * in-process.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "db.h"
 #include "relay.h"
@@ -21,11 +28,36 @@
 
 static pthread_t *threads;
 static int	nthreads;
+static int (*wake_pipes)[2];	/* per processor: [0] polled by it, [1] written by processors_wake */
+
+/* Empty a processor's wake pipe (non-blocking): a wake-up now is one for the next wait. */
+static void
+wake_drain(int fd)
+{
+	char		buf[64];
+
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+}
+
+/*
+ * A byte to every processor: one that found nothing due before the updates
+ * were committed is waiting (or about to wait) on its pipe; one that is busy
+ * drains it before its next process_next.  A full pipe already wakes it.
+ */
+void
+processors_wake(void)
+{
+	for (int i = 0; i < nthreads; i++)
+		if (write(wake_pipes[i][1], "", 1) < 0 && errno != EAGAIN)
+			relay_log(LOG_DEBUG, "processors_wake: %s", strerror(errno));
+}
 
 static void *
 processor_main(void *arg)
 {
 	long		n = (long) (intptr_t) arg;
+	int			wake_fd = wake_pipes[n - 1][0];
 	PGconn	   *conn = NULL;
 	char		who[32];
 	int			failures = 0;
@@ -39,15 +71,20 @@ processor_main(void *arg)
 		if (db_ensure(&conn, "regstage_inbox", who) == NULL)
 			break;
 		db_drain_notify(conn);
+		wake_drain(wake_fd);
 		t0 = relay_now_ms();
-		res = PQexec(conn, "SELECT regstage.process_next()");
+		res = PQexec(conn, "SELECT regstage.process_next(false)");
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 		{
 			failures = 0;
 			if (PQgetisnull(res, 0, 0))
-				db_wait_notify(conn, IDLE_WAIT_MS);
+				db_wait_notify(conn, wake_fd, IDLE_WAIT_MS);
 			else
+			{
+				/* its replies (if any) are committed: the sender claims them */
+				sender_wake();
 				relay_log(LOG_INFO, "update %s processed, %ld ms", PQgetvalue(res, 0, 0), relay_now_ms() - t0);
+			}
 			PQclear(res);
 			continue;
 		}
@@ -73,8 +110,16 @@ bool
 processors_start(int n)
 {
 	threads = calloc(n, sizeof(pthread_t));
-	if (threads == NULL)
+	wake_pipes = calloc(n, sizeof(*wake_pipes));
+	if (threads == NULL || wake_pipes == NULL)
 		return false;
+	for (int i = 0; i < n; i++)
+	{
+		if (pipe(wake_pipes[i]) != 0)
+			return false;
+		for (int e = 0; e < 2; e++)
+			fcntl(wake_pipes[i][e], F_SETFL, fcntl(wake_pipes[i][e], F_GETFL) | O_NONBLOCK);
+	}
 	for (nthreads = 0; nthreads < n; nthreads++)
 	{
 		pthread_attr_t attr;
@@ -94,9 +139,18 @@ processors_start(int n)
 void
 processors_join(void)
 {
-	for (int i = 0; i < nthreads; i++)
+	int			n = nthreads;
+
+	for (int i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
+	nthreads = 0;				/* processors_wake writes to none of them now */
+	for (int i = 0; i < n; i++)
+	{
+		close(wake_pipes[i][0]);
+		close(wake_pipes[i][1]);
+	}
+	free(wake_pipes);
+	wake_pipes = NULL;
 	free(threads);
 	threads = NULL;
-	nthreads = 0;
 }

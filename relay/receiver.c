@@ -73,6 +73,8 @@ store(PGconn **conn, Batch *b)
 		stored = db_store_updates(*conn, b->n, b->ids, b->bodies, b->lens, err, sizeof(err));
 		if (stored >= 0)
 		{
+			if (stored > 0)
+				processors_wake();
 			relay_log(LOG_DEBUG, "receiver: %d updates, %d new", b->n, stored);
 			return true;
 		}

@@ -91,6 +91,16 @@ bool		sender_start(void);
 void		sender_join(void);
 
 /*
+ * In-process wake-ups, instead of a NOTIFY per transaction (every NOTIFY
+ * takes a database-wide lock held through its commit's WAL flush, so
+ * notifying transactions commit one at a time): the receiver wakes the
+ * processors after it stored updates, a processor wakes the sender after
+ * it queued replies.  Other relays and SQL sessions still NOTIFY.
+ */
+void		processors_wake(void);
+void		sender_wake(void);
+
+/*
  * Each log line is printed with relay_log, which redacts it; an update's
  * bytes (which may hold anything) pass through this first: at most max
  * bytes, non-printable ones as \xNN.

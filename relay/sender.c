@@ -18,8 +18,9 @@
  * order; a busy chat needs one report per call and one claim per RUN_MAX
  * calls.  A 429, 5xx or network error ends the slot's run: the calls after it
  * were never claimed and wait in the outbox behind the one retried.  Woken by
- * LISTEN regstage_outbox (NOTIFY at the commit that queued calls), else every
- * second for calls whose backoff ended.
+ * this relay's processors (sender_wake, after each update they applied) and
+ * by LISTEN regstage_outbox (NOTIFY at the commit of calls queued anywhere
+ * else: SQL, other relays), else every second for calls whose backoff ended.
  *
  * A call whose answer could not be reported yet (database down) keeps its
  * slot and is reported once the connection is back, without going on with
@@ -74,6 +75,8 @@ typedef struct Slot
 static pthread_t thread;
 static Slot *slots;
 static int	nslots;
+static CURLM *multi;			/* the sender's; curl_multi_wakeup is safe from any thread */
+static atomic_bool woken;		/* sender_wake since the sender last looked */
 
 static int	count(SlotState st);
 
@@ -537,10 +540,17 @@ count(SlotState st)
 	return n;
 }
 
+/* A processor queued calls: claim them now rather than at the next poll. */
+void
+sender_wake(void)
+{
+	if (!atomic_exchange(&woken, true) && multi != NULL)
+		curl_multi_wakeup(multi);
+}
+
 static void *
 sender_main(void *arg)
 {
-	CURLM	   *multi = curl_multi_init();
 	PGconn	   *conn = NULL;
 	bool		want_claim = true;
 	bool		notified = false;	/* calls were queued since the last claim */
@@ -549,12 +559,6 @@ sender_main(void *arg)
 	int			failures = 0;
 	char		after_chat[24] = "";	/* the round robin over chats goes on after this one */
 
-	if (multi == NULL)
-	{
-		relay_log(LOG_ERROR, "sender: could not create an HTTP client");
-		relay_request_stop(true);
-		return NULL;
-	}
 	for (;;)
 	{
 		bool		draining = atomic_load(&relay_drain);
@@ -648,8 +652,12 @@ sender_main(void *arg)
 			wait_ms = NOTIFY_GAP_MS;
 		if (draining)
 			wait_ms = want_claim ? 0 : 50;
+		if (atomic_load(&woken))
+			wait_ms = 0;
 		curl_multi_poll(multi, nextra ? &extra : NULL, nextra, (int) wait_ms, NULL);
 		if (conn && db_drain_notify(conn))
+			notified = true;
+		if (atomic_exchange(&woken, false))
 			notified = true;
 	}
 	for (int i = 0; i < nslots; i++)
@@ -661,7 +669,6 @@ sender_main(void *arg)
 					  slots[i].run[slots[i].pos].id, slots[i].status);
 		slot_free(&slots[i]);
 	}
-	curl_multi_cleanup(multi);
 	db_drop(&conn);
 	return NULL;
 }
@@ -673,6 +680,8 @@ sender_start(void)
 	int			rc;
 
 	nslots = relay_config.send_concurrency;
+	if ((multi = curl_multi_init()) == NULL)
+		return false;
 	slots = calloc(nslots, sizeof(Slot));
 	if (slots == NULL)
 		return false;
@@ -690,6 +699,9 @@ void
 sender_join(void)
 {
 	pthread_join(thread, NULL);
+	/* after the processors stopped: none calls sender_wake any more */
+	curl_multi_cleanup(multi);
+	multi = NULL;
 	for (int i = 0; i < nslots; i++)
 		tg_client_free(slots[i].tg);
 	free(slots);

@@ -134,6 +134,8 @@ store(const char *body, size_t len, int64_t id)
 			db_drop(&db);
 		return 503;
 	}
+	if (stored > 0)
+		processors_wake();
 	relay_log(LOG_DEBUG, "webhook: update %lld stored (%s)", (long long) id, stored ? "new" : "seen before");
 	return 200;
 }

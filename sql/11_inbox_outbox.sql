@@ -152,4 +152,50 @@ SELECT queue, pending, waiting_retry, failed, retried FROM regstage.queue_status
 SELECT * FROM regstage.purge_processed('0');
 SELECT status, count(*) FROM regstage.inbox GROUP BY 1 ORDER BY 1;
 SELECT status, count(*) FROM regstage.outbox GROUP BY 1 ORDER BY 1;
+-- 8. What the relay's sender does: many answers in one outbox_report_batch;
+-- a chat's next call is claimed in the same statement only when the one
+-- before it is done with (sent or parked) and nothing of the chat is pending
+-- before it
+TRUNCATE regstage.outbox;
+SELECT count(regstage.send_message(c, 'call ' || n)) AS queued
+  FROM (VALUES (30060, 1), (30060, 2), (30060, 3), (30061, 1), (30061, 2), (30062, 1), (30063, 1), (30063, 2)) v(c, n);
+CREATE TEMP TABLE run AS
+SELECT id, chat_id, params->>'text' AS text,
+	   row_number() OVER (PARTITION BY chat_id ORDER BY id) AS k
+  FROM regstage.outbox_claim(10, '1 minute', 3);
+SELECT chat_id, text, k FROM run ORDER BY chat_id, k;
+SELECT r.chat_id, r.text, b.status, b.next_claimed
+  FROM regstage.outbox_report_batch(
+		(SELECT array_agg(id ORDER BY chat_id) FROM run WHERE k = 1),
+		ARRAY[200, 429, 400, 403],
+		ARRAY[NULL, 'Too Many Requests', 'Bad Request: message is not modified', 'Forbidden: bot was blocked by the user'],
+		ARRAY[NULL, 30, NULL, NULL]::integer[],
+		(SELECT array_agg(n.id ORDER BY f.chat_id) FROM run f LEFT JOIN run n ON n.chat_id = f.chat_id AND n.k = 2 WHERE f.k = 1)) b
+  JOIN run r ON r.id = b.id ORDER BY r.chat_id;
+SELECT chat_id, params->>'text' AS text, status, http_status, claimed_until IS NOT NULL AS claimed
+  FROM regstage.outbox ORDER BY id;
+-- queued after the claim: 30064 with one call, 30065 with three
+SELECT count(regstage.send_message(c, 'late ' || n)) AS queued
+  FROM (VALUES (30064, 1), (30065, 1), (30065, 2), (30065, 3)) v(c, n);
+INSERT INTO run SELECT id, chat_id, params->>'text', row_number() OVER (PARTITION BY chat_id ORDER BY id)
+  FROM regstage.outbox WHERE params->>'text' LIKE 'late%';
+-- a next of another chat, a next that is not its chat's oldest pending
+-- call, a call reported twice: nothing claimed
+SELECT r.chat_id, r.text, b.status, b.next_claimed
+  FROM regstage.outbox_report_batch(
+		ARRAY[(SELECT id FROM run WHERE chat_id = 30063 AND k = 2), (SELECT id FROM run WHERE chat_id = 30065 AND k = 1),
+			  (SELECT id FROM run WHERE chat_id = 30062)],
+		ARRAY[200, 200, 200], NULL, NULL,
+		ARRAY[(SELECT id FROM run WHERE chat_id = 30064), (SELECT id FROM run WHERE chat_id = 30065 AND k = 3),
+			  (SELECT id FROM run WHERE chat_id = 30060 AND k = 3)]) b
+  JOIN run r ON r.id = b.id ORDER BY r.chat_id;
+-- the second call of 30060 sent: its third is claimed
+SELECT r.text, b.status, b.next_claimed
+  FROM regstage.outbox_report_batch(ARRAY[(SELECT id FROM run WHERE chat_id = 30060 AND k = 2)], ARRAY[200], NULL, NULL,
+									ARRAY[(SELECT id FROM run WHERE chat_id = 30060 AND k = 3)]) b
+  JOIN run r ON r.id = b.id;
+SELECT chat_id, params->>'text' AS text, status, claimed_until IS NOT NULL AS claimed FROM regstage.outbox ORDER BY id;
+SELECT * FROM regstage.outbox_report_batch(ARRAY[1, 2], ARRAY[200]);
+DROP TABLE run;
+
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

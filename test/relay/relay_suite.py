@@ -191,14 +191,14 @@ def sigkill_stages():
     fast = {"RELAY_SEND_TIMEOUT": "2"}          # a dead relay's claim ends 7 s later
     twice = 0
     # (1) stored, not processed: processors lack process_next
-    env.sql("REVOKE EXECUTE ON FUNCTION regstage.process_next() FROM relay_bot")
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.process_next(boolean) FROM relay_bot")
     try:
         r = Relay(env, extra_env=fast)
         uid = env.inject([text(34001, "/start")])["update_ids"][0]
         wait_for(lambda: inbox(uid) == "pending", 10, "the update stored")
         r.stop(signal.SIGKILL)
     finally:
-        env.sql("GRANT EXECUTE ON FUNCTION regstage.process_next() TO relay_bot")
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.process_next(boolean) TO relay_bot")
     r = Relay(env, extra_env=fast)
     wait_for(lambda: replies_at(34001), 10, "(1) the reply after the restart")
     # (2) mid-processing
@@ -444,14 +444,14 @@ def _():
       "batch is retried and not confirmed to Telegram; once granted again its update is answered")
 def _():
     since = log_from()
-    env.sql("REVOKE EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[]) FROM relay_bot")
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[], boolean) FROM relay_bot")
     try:
         env.inject([text(30018, "/start")])
         wait_for(lambda: "store_updates failed" in since(), 10, "the refused store logged")
         time.sleep(1)
         assert not env.calls(30018), "answered while the store was refused"
     finally:
-        env.sql("GRANT EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[]) TO relay_bot")
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.store_updates(bigint[], bytea[], boolean) TO relay_bot")
     wait_for(lambda: env.calls(30018), 20, "the reply once store_updates is allowed again")
 
 
