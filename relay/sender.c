@@ -102,6 +102,20 @@ exec_prepared(PGconn *conn, const char *name, const char *const *values)
 
 	if (prepared_on != conn)
 	{
+		/*
+		 * The sender's own transactions (claims, reports) commit without
+		 * waiting for their WAL flush: a chat's next call waits for the
+		 * report of the one before, and that wait was the flush.  A database
+		 * crash can forget the last moments of reports; those calls are sent
+		 * again, the same case as a relay killed between Telegram's answer
+		 * and the report.  Nothing can be lost: the calls themselves were
+		 * committed, durably, by the transactions that queued them.
+		 */
+		PGresult   *set = PQexec(conn, "SET synchronous_commit = off");
+
+		if (PQresultStatus(set) != PGRES_COMMAND_OK)
+			return set;
+		PQclear(set);
 		for (int i = 0; i < 2; i++)
 		{
 			PGresult   *res = PQprepare(conn, statements[i].name, statements[i].sql, statements[i].nparams, NULL);
