@@ -1,10 +1,14 @@
 /*
  * sender.c — the outbox's delivery: one thread, its own connection.
  *
- *   1. claim    regstage.outbox_claim(free slots, lease, RUN_MAX, last chat):
+ *   1. claim    regstage.outbox_claim(free slots, lease, RUN_MAX, ...):
  *               for each chat with due calls its oldest pending one, claimed,
  *               and up to RUN_MAX - 1 calls queued after it; one chat per
- *               slot, chats visited round robin from the last one claimed
+ *               slot.  Which chats: what is new since the last claim (calls
+ *               committed since its snapshot, the chats whose runs ended
+ *               since); every chat, round robin from the last one claimed,
+ *               once a second (calls whose backoff ended, leases of a sender
+ *               that died) and whenever the last claim left some behind
  *   2. send     each slot's current call, concurrently on a curl multi handle
  *               (one keep-alive connection per slot)
  *   3. report   every answer since the last report in one statement,
@@ -43,6 +47,8 @@
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 #define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
 #define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
+#define FULL_CLAIM_MS 1000		/* a claim looks at every chat at least this often */
+#define ENDED_MAX 256			/* chats with ended runs the next claim looks at; more: it looks at all */
 
 typedef enum
 {
@@ -64,6 +70,8 @@ typedef struct Slot
 	SlotState	state;
 	TgClient   *tg;
 	Call		run[RUN_MAX];	/* calls of one chat in id order */
+	bool		has_chat;		/* calls of no chat each go on their own */
+	long long	chat;
 	int			nrun;
 	int			pos;			/* the call in flight or being reported */
 	bool		in_batch;		/* in the report statement being made */
@@ -78,7 +86,51 @@ static int	nslots;
 static CURLM *multi;			/* the sender's; curl_multi_wakeup is safe from any thread */
 static atomic_bool woken;		/* sender_wake since the sender last looked */
 
+/*
+ * What the next claim looks at.  Every chat, in a full claim: its cost grows
+ * with every call sent that some open transaction still sees (a commit held
+ * 30 s keeps them all in the pending index).  In between, only what is new:
+ * calls committed after the snapshot of the last claim that took all it
+ * found, and the chats whose runs ended since (a call queued while its chat
+ * had one in flight, the rest of a chat past RUN_MAX).
+ */
+static struct
+{
+	char	   *since;			/* pg_snapshot as text; NULL: the next claim is full */
+	long long	ended[ENDED_MAX];
+	int			nended;
+	bool		ended_lost;		/* more ended than fit: the next claim is full */
+	bool		full_more;		/* the last full claim filled every slot: the round goes on */
+	long		next_full;		/* relay_now_ms() at which a claim is full again */
+	char		after_chat[24]; /* a full claim goes on after this chat */
+}			news;
+
 static int	count(SlotState st);
+
+/* A slot's run of its chat ended: the next claim looks at what that chat has left. */
+static void
+run_ended(const Slot *s)
+{
+	if (!s->has_chat)
+		return;
+	for (int i = 0; i < news.nended; i++)
+		if (news.ended[i] == s->chat)
+			return;
+	if (news.nended == ENDED_MAX)
+		news.ended_lost = true;
+	else
+		news.ended[news.nended++] = s->chat;
+}
+
+/* Forget what is new: the next claim looks at every chat. */
+static void
+news_reset(void)
+{
+	free(news.since);
+	news.since = NULL;
+	news.nended = 0;
+	news.ended_lost = false;
+}
 
 /* The sender's two statements, prepared once per connection (parsing them took a tenth of a report). */
 static const struct
@@ -88,8 +140,10 @@ static const struct
 	int			nparams;
 }			statements[] =
 {
-	{"claim", "SELECT id, chat_id, method, params::text "
-		"FROM regstage.outbox_claim($1::integer, $2::interval, $3::integer, $4::bigint)", 4},
+	/* one row at least: the snapshot the claim's statement started in */
+	{"claim", "SELECT pg_current_snapshot()::text, c.id, c.chat_id, c.method, c.params::text "
+		"FROM (VALUES (1)) AS one LEFT JOIN regstage.outbox_claim($1::integer, $2::interval, $3::integer, "
+		"$4::bigint, $5::pg_snapshot, $6::bigint[]) AS c ON true", 6},
 	{"report", "SELECT id, next_claimed FROM regstage.outbox_report_batch("
 		"$1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::bigint[], $6::interval)", 6},
 };
@@ -365,6 +419,7 @@ report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
 			}
 			else
 			{
+				run_ended(s);
 				slot_free(s);
 				*freed = true;
 			}
@@ -376,6 +431,7 @@ report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
 		if (slots[i].in_batch)
 		{
 			slots[i].in_batch = false;
+			run_ended(&slots[i]);
 			slot_free(&slots[i]);
 			*freed = true;
 		}
@@ -405,33 +461,57 @@ report(PGconn *conn, CURLM *multi, bool go_on, bool *freed)
 }
 
 /*
- * Claim runs for up to room chats and start their first calls.  *after_chat
- * is where the round robin goes on from.  Returns how many chats, -1 on a
- * failure.
+ * Claim runs for up to room chats and start their first calls: what is new
+ * (news), or every chat if full or a full claim is due.  Returns how many
+ * chats, -1 on a failure.
  */
 static int
-claim(PGconn *conn, CURLM *multi, int room, char *after_chat, size_t after_len)
+claim(PGconn *conn, CURLM *multi, int room, bool full)
 {
 	char		max[16];
 	char		lease[32];
 	char		per_chat[16];
-	const char *values[4] = {max, lease, per_chat, after_chat[0] ? after_chat : NULL};
+	Text		chats = {0};
+	const char *values[6] = {max, lease, per_chat, NULL, NULL, NULL};
 	PGresult   *res;
 	int			n;
 	int			k = 0;
-	int			chats = 0;
+	int			claimed = 0;
 	Slot	   *s = NULL;
-	long long	after = after_chat[0] ? atoll(after_chat) : 0;
+	long long	after = news.after_chat[0] ? atoll(news.after_chat) : 0;
 	bool		any_after = false;
 	bool		any = false;
 	bool		closed = false;
 	long long	max_after = 0;
 	long long	max_all = 0;
 
+	full = full || news.since == NULL || news.ended_lost || news.full_more || relay_now_ms() >= news.next_full;
 	snprintf(max, sizeof(max), "%d", room);
 	snprintf(lease, sizeof(lease), "%d seconds", relay_config.send_timeout_s + LEASE_MARGIN_S);
 	snprintf(per_chat, sizeof(per_chat), "%d", RUN_MAX);
+	if (full)
+		values[3] = news.after_chat[0] ? news.after_chat : NULL;
+	else
+	{
+		values[4] = news.since;
+		text_str(&chats, "{");
+		for (int i = 0; i < news.nended; i++)
+		{
+			char		num[24];
+
+			snprintf(num, sizeof(num), "%lld", news.ended[i]);
+			text_element(&chats, num);
+		}
+		text_str(&chats, "}");
+		if (chats.failed)
+		{
+			free(chats.p);
+			return -1;
+		}
+		values[5] = chats.p;
+	}
 	res = exec_prepared(conn, "claim", values);
+	free(chats.p);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		char		msg[512];
@@ -444,42 +524,44 @@ claim(PGconn *conn, CURLM *multi, int room, char *after_chat, size_t after_len)
 	n = PQntuples(res);
 	for (int i = 0; i < n; i++)
 	{
-		bool		null_chat = PQgetisnull(res, i, 1);
-		bool		first = i == 0 || null_chat || PQgetisnull(res, i - 1, 1) ||
-			strcmp(PQgetvalue(res, i, 1), PQgetvalue(res, i - 1, 1)) != 0;
+		bool		null_chat = PQgetisnull(res, i, 2);
+		bool		first;
 		Call	   *c;
 
+		if (PQgetisnull(res, i, 1))
+			continue;			/* the one row of a claim that found nothing */
+		first = s == NULL || null_chat || !s->has_chat || atoll(PQgetvalue(res, i, 2)) != s->chat;
 		if (first)
 		{
 			/* a chat's first call, claimed: a free slot starts the run */
 			if (s != NULL)
 				start_call(multi, s);
 			s = NULL;
-			if (chats == room)
+			if (claimed == room)
 				break;			/* more chats than asked for: their claims expire */
 			while (slots[k].state != SLOT_FREE)
 				k++;
 			s = &slots[k];
 			s->nrun = s->pos = 0;
 			s->state = SLOT_SENDING;	/* taken; start_call decides */
+			s->has_chat = !null_chat;
+			s->chat = null_chat ? 0 : atoll(PQgetvalue(res, i, 2));
 			closed = false;
-			chats++;
+			claimed++;
 			if (!null_chat)
 			{
-				long long	chat = atoll(PQgetvalue(res, i, 1));
-
-				if (chat > after && (!any_after || chat > max_after))
-					max_after = chat, any_after = true;
-				if (!any || chat > max_all)
-					max_all = chat, any = true;
+				if (s->chat > after && (!any_after || s->chat > max_after))
+					max_after = s->chat, any_after = true;
+				if (!any || s->chat > max_all)
+					max_all = s->chat, any = true;
 			}
 		}
 		else if (closed || s->nrun == RUN_MAX)
 			continue;
 		c = &s->run[s->nrun++];
-		snprintf(c->id, sizeof(c->id), "%s", PQgetvalue(res, i, 0));
-		snprintf(c->method, sizeof(c->method), "%s", PQgetvalue(res, i, 2));
-		c->body = strdup(PQgetvalue(res, i, 3));
+		snprintf(c->id, sizeof(c->id), "%s", PQgetvalue(res, i, 1));
+		snprintf(c->method, sizeof(c->method), "%s", PQgetvalue(res, i, 3));
+		c->body = strdup(PQgetvalue(res, i, 4));
 		if (c->body == NULL && !first)
 		{
 			/* the run ends before a call it could not keep: they go in order */
@@ -489,10 +571,28 @@ claim(PGconn *conn, CURLM *multi, int room, char *after_chat, size_t after_len)
 	}
 	if (s != NULL)
 		start_call(multi, s);
+	if (full)
+	{
+		/* a full claim: the round robin goes on after the last chat claimed */
+		if (any)
+			snprintf(news.after_chat, sizeof(news.after_chat), "%lld", any_after ? max_after : max_all);
+		news.full_more = claimed == room;
+		news.next_full = relay_now_ms() + FULL_CLAIM_MS;
+	}
+	if (claimed < room)
+	{
+		/*
+		 * It took all it found: what is new from now on is what its snapshot
+		 * did not see.  (One that filled every slot may have left some: the
+		 * next claim asks again from the same point.)
+		 */
+		char	   *since = strdup(PQgetvalue(res, 0, 0));
+
+		news_reset();
+		news.since = since;		/* NULL if out of memory: the next claim is full */
+	}
 	PQclear(res);
-	if (any)
-		snprintf(after_chat, after_len, "%lld", any_after ? max_after : max_all);
-	return chats;
+	return claimed;
 }
 /* Transfers that ended: their answers become reports. */
 static int
@@ -571,7 +671,6 @@ sender_main(void *arg)
 	long		last_claim = 0;
 	long		drain_until = 0;
 	int			failures = 0;
-	char		after_chat[24] = "";	/* the round robin over chats goes on after this one */
 
 	for (;;)
 	{
@@ -602,6 +701,7 @@ sender_main(void *arg)
 		if (!db_usable(conn))
 		{
 			prepared_on = NULL; /* a new connection may get the old one's address */
+			news_reset();		/* maybe another server now: its first claim looks at everything */
 			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)
 			{
 				if (fatal || (draining && (count(SLOT_REPORTING) == 0 || relay_now_ms() > drain_until)))
@@ -637,7 +737,8 @@ sender_main(void *arg)
 
 			if (room > 0)
 			{
-				int			n = claim(conn, multi, room, after_chat, sizeof(after_chat));
+				/* draining: only a full claim can tell that nothing due is left */
+				int			n = claim(conn, multi, room, draining);
 
 				last_claim = relay_now_ms();
 				want_claim = n == room;	/* there may be more */
@@ -683,6 +784,7 @@ sender_main(void *arg)
 					  slots[i].run[slots[i].pos].id, slots[i].status);
 		slot_free(&slots[i]);
 	}
+	news_reset();
 	db_drop(&conn);
 	return NULL;
 }

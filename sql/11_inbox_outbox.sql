@@ -198,4 +198,37 @@ SELECT chat_id, params->>'text' AS text, status, claimed_until IS NOT NULL AS cl
 SELECT * FROM regstage.outbox_report_batch(ARRAY[1, 2], ARRAY[200]);
 DROP TABLE run;
 
+-- 9. What the relay's sender claims between full claims: since => the
+-- snapshot of its last claim, chats => the chats whose runs it ended.  Only
+-- calls committed since, and the chats named; of a chat only its oldest
+-- pending call, never one behind a call in flight.
+TRUNCATE regstage.outbox;
+CREATE TEMP TABLE snap AS SELECT pg_current_snapshot() AS s;
+SELECT count(regstage.send_message(c, t)) AS queued
+  FROM (VALUES (30070, 'a1'), (30070, 'a2'), (30071, 'b1')) v(c, t);
+SELECT regstage.queue_call('getMe', '{}') IS NOT NULL AS queued_no_chat;
+-- new since the snapshot: a1 (a2 waits behind it), b1, the call of no chat
+SELECT chat_id, method, params->>'text' AS text
+  FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap)) ORDER BY id;
+UPDATE snap SET s = pg_current_snapshot();
+-- nothing committed since: nothing claimed, though a2 is pending
+SELECT count(*) AS claimed FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap));
+-- a1 sent and its chat named: a2 is its oldest now
+SELECT regstage.outbox_report((SELECT id FROM regstage.outbox WHERE params->>'text' = 'a1'), 200) AS a1;
+SELECT chat_id, params->>'text' AS text
+  FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap), ARRAY[30070]);
+-- b2 queued while b1 is in flight: new, but not claimed; b1's chat named
+-- once b1 is sent: b2 is claimed
+SELECT regstage.send_message(30071, 'b2') IS NOT NULL AS queued;
+SELECT count(*) AS claimed FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap));
+SELECT regstage.outbox_report((SELECT id FROM regstage.outbox WHERE params->>'text' = 'b1'), 200) AS b1;
+SELECT chat_id, params->>'text' AS text
+  FROM regstage.outbox_claim(10, '1 minute', 1, NULL, NULL, ARRAY[30071, 30072, NULL]);
+-- max_calls caps it; the oldest come first
+UPDATE snap SET s = pg_current_snapshot();
+SELECT count(regstage.send_message(c, 'c')) AS queued FROM generate_series(30080, 30084) c;
+SELECT chat_id FROM regstage.outbox_claim(2, '1 minute', 1, NULL, (SELECT s FROM snap));
+SELECT chat_id, params->>'text' AS text, status, claimed_until IS NOT NULL AS claimed FROM regstage.outbox ORDER BY id;
+DROP TABLE snap;
+
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

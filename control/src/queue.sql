@@ -272,15 +272,31 @@ CREATE OR REPLACE TRIGGER outbox_notify
 -- reports the call before it.  So a chat never has more than one call in
 -- flight, and one busy chat costs one claim per per_chat calls.
 --
--- Chats are visited by a loose index scan over outbox_pending_chat, one
--- probe per chat, in chat_id order from after_chat on and round again
--- (a sender passes the last chat it claimed: every chat gets its turn),
--- stopping once max_calls chats are found; calls of no chat come last.  The
--- cost does not depend on how many calls a chat has queued.  A sender that
--- dies leaves its claims to expire; they are sent again then (at most what
--- it had in flight).
+-- Which chats: with neither since nor chats given, every chat, by a loose
+-- index scan over outbox_pending_chat, one probe per chat, in chat_id order
+-- from after_chat on and round again (a sender passes the last chat it
+-- claimed: every chat gets its turn), stopping once max_calls chats are
+-- found; calls of no chat come last.  The cost does not depend on how many
+-- calls a chat has queued, but it does on how many chats have calls sent
+-- that some snapshot still sees: a transaction open for 30 s keeps every
+-- call sent meanwhile in the index, and each scan steps over them all.
+--
+-- So a sender asks for what is new instead: since => the snapshot its last
+-- claim ran in (pg_current_snapshot()), chats => the chats whose runs it has
+-- ended since.  Only calls queued by transactions that snapshot did not see
+-- (xid8 at or past its xmax, or in its xip list: outbox_queued) and
+-- those chats are looked at — the way PgQ cuts its event batches.  A call
+-- found not claimable then (its chat busy or held for a retry) is the
+-- business of whoever ends that chat's run, or of the sender's periodic full
+-- scan (retries that came due, leases of a sender that died).  A snapshot
+-- taken at the start of the claiming statement is older than the scans in
+-- it: what they missed, it has not seen, so the next claim looks again.
+--
+-- A sender that dies leaves its claims to expire; they are sent again then
+-- (at most what it had in flight).
 CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute',
-												 per_chat integer DEFAULT 1, after_chat bigint DEFAULT NULL)
+												 per_chat integer DEFAULT 1, after_chat bigint DEFAULT NULL,
+												 since pg_snapshot DEFAULT NULL, chats bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- plans pinned to the indexes, whatever the outbox held when a sender's
@@ -304,47 +320,78 @@ BEGIN
 	IF max_calls IS NULL OR max_calls < 1 THEN
 		RETURN;
 	END IF;
-	IF after_chat = 9223372036854775807 THEN
-		after_chat := NULL;		-- no chat after it: start at the first
-	END IF;
-	FOR pass IN 1 .. 2 LOOP
-		IF pass = 1 THEN
-			lo := after_chat; hi := NULL;
-		ELSIF after_chat IS NULL THEN
-			EXIT;
-		ELSE
-			lo := NULL; hi := after_chat;
-		END IF;
-		WITH RECURSIVE chats AS (
-			(SELECT o.chat_id, o.id,
-					o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now()) AS ready
-			   FROM regstage.outbox o
-			  WHERE o.status = 'pending' AND o.chat_id >= coalesce(lo + 1, -9223372036854775808)
-			  ORDER BY o.chat_id, o.id LIMIT 1)
+	IF since IS NOT NULL OR chats IS NOT NULL THEN
+		-- what is new: calls queued since the snapshot, and the given chats
+		WITH news AS (
+			-- (coalesce: outbox_queued, not outbox_pending_chat read whole)
+			SELECT o.id, o.chat_id FROM regstage.outbox o
+			 WHERE o.queued_by >= pg_snapshot_xmax(since) AND coalesce(o.status, '') = 'pending'
 			UNION ALL
-			SELECT n.chat_id, n.id, n.ready
-			  FROM chats h,
-				   LATERAL (SELECT o.chat_id, o.id,
-								   o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now())
-							  FROM regstage.outbox o
-							 WHERE o.status = 'pending' AND o.chat_id > h.chat_id
-							 ORDER BY o.chat_id, o.id LIMIT 1) n(chat_id, id, ready)
-			 WHERE hi IS NULL OR n.chat_id <= hi
-		)
-		SELECT array_agg(c.id) INTO more
-		  FROM (SELECT c.id FROM chats c WHERE c.ready AND (hi IS NULL OR c.chat_id <= hi)
-				 LIMIT max_calls - cardinality(heads)) c;
-		heads := heads || coalesce(more, '{}');
-		EXIT WHEN cardinality(heads) >= max_calls;
-	END LOOP;
-	IF cardinality(heads) < max_calls THEN
-		-- calls of no chat: no order to keep, each its own
-		SELECT array_agg(o.id) INTO more
+			SELECT o.id, o.chat_id FROM regstage.outbox o
+			 WHERE o.queued_by = ANY (ARRAY(SELECT pg_snapshot_xip(since))) AND coalesce(o.status, '') = 'pending'),
+		candidates AS (
+			-- of a chat, its oldest pending call (only it may go) ...
+			SELECT (SELECT e.id FROM regstage.outbox e
+					 WHERE e.status = 'pending' AND e.chat_id = c.chat_id
+					 ORDER BY e.chat_id, e.id LIMIT 1) AS id
+			  FROM (SELECT n.chat_id FROM news n WHERE n.chat_id IS NOT NULL
+					UNION
+					SELECT u.chat_id FROM unnest(chats) AS u(chat_id) WHERE u.chat_id IS NOT NULL) c
+			UNION ALL
+			-- ... a call of no chat goes on its own
+			SELECT n.id FROM news n WHERE n.chat_id IS NULL)
+		SELECT array_agg(c.id) INTO more FROM candidates c;
+		-- which are due and unclaimed, looked up by id (as a join, the
+		-- planner ran the candidates again for every pending call)
+		SELECT array_agg(d.id) INTO heads
 		  FROM (SELECT o.id FROM regstage.outbox o
-				 WHERE o.status = 'pending' AND o.chat_id IS NULL AND o.next_attempt_at <= now()
+				 WHERE o.id = ANY (more) AND coalesce(o.status, '') = 'pending' AND o.next_attempt_at <= now()
 				   AND (o.claimed_until IS NULL OR o.claimed_until < now())
-				 ORDER BY o.id LIMIT max_calls - cardinality(heads)) o;
-		heads := heads || coalesce(more, '{}');
+				 ORDER BY o.id LIMIT max_calls) d;
+		heads := coalesce(heads, '{}');
+	ELSE
+		IF after_chat = 9223372036854775807 THEN
+			after_chat := NULL;		-- no chat after it: start at the first
+		END IF;
+		FOR pass IN 1 .. 2 LOOP
+			IF pass = 1 THEN
+				lo := after_chat; hi := NULL;
+			ELSIF after_chat IS NULL THEN
+				EXIT;
+			ELSE
+				lo := NULL; hi := after_chat;
+			END IF;
+			WITH RECURSIVE chats AS (
+				(SELECT o.chat_id, o.id,
+						o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now()) AS ready
+				   FROM regstage.outbox o
+				  WHERE o.status = 'pending' AND o.chat_id >= coalesce(lo + 1, -9223372036854775808)
+				  ORDER BY o.chat_id, o.id LIMIT 1)
+				UNION ALL
+				SELECT n.chat_id, n.id, n.ready
+				  FROM chats h,
+					   LATERAL (SELECT o.chat_id, o.id,
+									   o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now())
+								  FROM regstage.outbox o
+								 WHERE o.status = 'pending' AND o.chat_id > h.chat_id
+								 ORDER BY o.chat_id, o.id LIMIT 1) n(chat_id, id, ready)
+				 WHERE hi IS NULL OR n.chat_id <= hi
+			)
+			SELECT array_agg(c.id) INTO more
+			  FROM (SELECT c.id FROM chats c WHERE c.ready AND (hi IS NULL OR c.chat_id <= hi)
+					 LIMIT max_calls - cardinality(heads)) c;
+			heads := heads || coalesce(more, '{}');
+			EXIT WHEN cardinality(heads) >= max_calls;
+		END LOOP;
+		IF cardinality(heads) < max_calls THEN
+			-- calls of no chat: no order to keep, each its own
+			SELECT array_agg(o.id) INTO more
+			  FROM (SELECT o.id FROM regstage.outbox o
+					 WHERE o.status = 'pending' AND o.chat_id IS NULL AND o.next_attempt_at <= now()
+					   AND (o.claimed_until IS NULL OR o.claimed_until < now())
+					 ORDER BY o.id LIMIT max_calls - cardinality(heads)) o;
+			heads := heads || coalesce(more, '{}');
+		END IF;
 	END IF;
 	IF cardinality(heads) = 0 THEN
 		RETURN;
@@ -370,12 +417,15 @@ BEGIN
 		SELECT c.id, f.id, f.chat_id, f.method, f.params, f.attempts,
 			   f.next_attempt_at <= now() AND (f.claimed_until IS NULL OR f.claimed_until < now())
 		  FROM claimed c,
-			   -- the calls after it in (chat_id, id) order: only outbox_pending_chat gives it
+			   -- the calls after it in its chat: a range of outbox_pending_chat
+			   -- that ends with the chat (read on into the next chats, it
+			   -- stepped over every call they sent while a long transaction
+			   -- kept those visible)
 			   LATERAL (SELECT f.id, f.chat_id, f.method, f.params, f.attempts, f.next_attempt_at, f.claimed_until
 						  FROM regstage.outbox f
-						 WHERE f.status = 'pending' AND (f.chat_id, f.id) > (c.chat_id, c.id)
+						 WHERE f.status = 'pending' AND f.chat_id = c.chat_id AND f.id > c.id
 						 ORDER BY f.chat_id, f.id LIMIT per_chat - 1) f
-		 WHERE per_chat > 1 AND c.chat_id IS NOT NULL AND f.chat_id = c.chat_id),
+		 WHERE per_chat > 1 AND c.chat_id IS NOT NULL),
 	prefix AS (			-- a run stops before the first call that is not due
 		SELECT r.*, bool_and(r.ready) OVER (PARTITION BY r.head ORDER BY r.id) AS keep FROM run r)
 	SELECT p.id, p.chat_id, p.method, p.params, p.attempts FROM prefix p WHERE p.keep ORDER BY p.head, p.id;

@@ -39,13 +39,19 @@ CREATE TABLE regstage.outbox (
 	http_status     integer,
 	last_error      text,
 	created_at      timestamptz NOT NULL DEFAULT now(),
-	sent_at         timestamptz
+	sent_at         timestamptz,
+	queued_by       xid8 NOT NULL DEFAULT pg_current_xact_id()	-- the transaction that queued it
 );
 CREATE SEQUENCE regstage.outbox_id_seq OWNED BY regstage.outbox.id;
 ALTER TABLE regstage.outbox ALTER COLUMN id SET DEFAULT nextval('regstage.outbox_id_seq');
-CREATE INDEX outbox_pending ON regstage.outbox (id) WHERE status = 'pending';
 CREATE INDEX outbox_pending_chat ON regstage.outbox (chat_id, id) WHERE status = 'pending';
 CREATE INDEX outbox_sent ON regstage.outbox (sent_at) WHERE status = 'sent';
+-- What committed since a sender's last claim: outbox_claim(since =>
+-- snapshot).  Not a partial index of pending calls: with two of those, the
+-- planner (which takes them for tiny) read the wrong one whole, filtering,
+-- to find one chat's pending calls; so outbox_pending_chat is the outbox's
+-- only one, and whatever looks for pending calls by chat finds that index.
+CREATE INDEX outbox_queued ON regstage.outbox (queued_by);
 
 -- Both edges are data a dump must keep (pending updates, unsent replies),
 -- and the memory of applied update_ids with them.
