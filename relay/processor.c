@@ -12,6 +12,16 @@
  * or a NOTIFY regstage_inbox from anyone else (LISTEN).  This relay's own
  * transactions do not NOTIFY: process_next(false), and the sender is woken
  * in-process.
+ *
+ * Where a processor looks: process_next(false, after_update) walks the
+ * pending updates from after_update on.  A walk from the first one steps
+ * over every update processed while some transaction stayed open (one chat's
+ * commit blocked for 30 s: all the others'), so a processor keeps a cursor:
+ * the update it last handled (a chat's next update comes after its last),
+ * lowered to the first update of each batch this relay's receiver stores
+ * (the wake-up carries it).  Once a second, after a NOTIFY (retry_update,
+ * another client storing updates) and on a new connection it walks from the
+ * start: retries whose backoff ended, updates committed out of order.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,32 +35,47 @@
 #include "relay.h"
 
 #define IDLE_WAIT_MS 1000
+#define FULL_CLAIM_MS 1000		/* a claim walks from the first pending update at least this often */
 
 static pthread_t *threads;
 static int	nthreads;
 static int (*wake_pipes)[2];	/* per processor: [0] polled by it, [1] written by processors_wake */
+static atomic_bool *wake_lost;	/* per processor: a wake-up did not fit its pipe */
 
-/* Empty a processor's wake pipe (non-blocking): a wake-up now is one for the next wait. */
-static void
-wake_drain(int fd)
+/*
+ * Empty a processor's wake pipe (non-blocking): a wake-up now is one for the
+ * next wait.  Each is the first update_id of a stored batch (8 bytes,
+ * written at once); *first gets the lowest.  False if one was lost.
+ */
+static bool
+wake_drain(int n, int64_t *first, bool *any)
 {
-	char		buf[64];
+	int64_t		buf[64];
+	ssize_t		got;
 
-	while (read(fd, buf, sizeof(buf)) > 0)
-		;
+	while ((got = read(wake_pipes[n][0], buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < got / (ssize_t) sizeof(int64_t); i++)
+			if (!*any || buf[i] < *first)
+				*first = buf[i], *any = true;
+	return !atomic_exchange(&wake_lost[n], false);
 }
 
 /*
- * A byte to every processor: one that found nothing due before the updates
- * were committed is waiting (or about to wait) on its pipe; one that is busy
- * drains it before its next process_next.  A full pipe already wakes it.
+ * The first update_id of a stored batch to every processor: one that found
+ * nothing due before the updates were committed is waiting (or about to
+ * wait) on its pipe; one that is busy drains it before its next
+ * process_next.  A full pipe wakes it already; it then walks from the start.
  */
 void
-processors_wake(void)
+processors_wake(int64_t first_update)
 {
 	for (int i = 0; i < nthreads; i++)
-		if (write(wake_pipes[i][1], "", 1) < 0 && errno != EAGAIN)
-			relay_log(LOG_DEBUG, "processors_wake: %s", strerror(errno));
+		if (write(wake_pipes[i][1], &first_update, sizeof(first_update)) != (ssize_t) sizeof(first_update))
+		{
+			atomic_store(&wake_lost[i], true);
+			if (errno != EAGAIN)
+				relay_log(LOG_DEBUG, "processors_wake: %s", strerror(errno));
+		}
 }
 
 static void *
@@ -61,26 +86,58 @@ processor_main(void *arg)
 	PGconn	   *conn = NULL;
 	char		who[32];
 	int			failures = 0;
+	bool		have_cursor = false;	/* false: the next claim walks from the start */
+	int64_t		cursor = 0;
+	long		next_full = 0;
 
 	snprintf(who, sizeof(who), "processor %ld", n);
 	while (!atomic_load(&relay_stop))
 	{
 		PGresult   *res;
 		long		t0;
+		int64_t		first = 0;
+		bool		stored = false;
+		char		after[24];
+		const char *values[1] = {NULL};
+		bool		full;
 
+		if (conn == NULL)
+			have_cursor = false;	/* a new connection (maybe another server): from the start */
 		if (db_ensure(&conn, "regstage_inbox", who) == NULL)
 			break;
-		db_drain_notify(conn);
-		wake_drain(wake_fd);
+		if (db_drain_notify(conn) || !wake_drain(n - 1, &first, &stored))
+			have_cursor = false;
+		if (stored && have_cursor && first <= cursor)
+		{
+			if (first == INT64_MIN)
+				have_cursor = false;
+			else
+				cursor = first - 1;
+		}
 		t0 = relay_now_ms();
-		res = PQexec(conn, "SELECT regstage.process_next(false)");
+		full = !have_cursor || t0 >= next_full;
+		if (full)
+			next_full = t0 + FULL_CLAIM_MS;
+		else
+		{
+			snprintf(after, sizeof(after), "%lld", (long long) cursor);
+			values[0] = after;
+		}
+		res = PQexecParams(conn, "SELECT regstage.process_next(false, $1::bigint)", 1, NULL, values, NULL, NULL, 0);
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 		{
 			failures = 0;
 			if (PQgetisnull(res, 0, 0))
-				db_wait_notify(conn, wake_fd, IDLE_WAIT_MS);
+			{
+				long		wait = next_full - relay_now_ms();
+
+				db_wait_notify(conn, wake_fd, wait < 1 ? 1 : wait > IDLE_WAIT_MS ? IDLE_WAIT_MS : wait);
+			}
 			else
 			{
+				/* the chat's next update comes after this one: walk on from here */
+				cursor = atoll(PQgetvalue(res, 0, 0));
+				have_cursor = true;
 				/* its replies (if any) are committed: the sender claims them */
 				sender_wake();
 				relay_log(LOG_INFO, "update %s processed, %ld ms", PQgetvalue(res, 0, 0), relay_now_ms() - t0);
@@ -111,7 +168,8 @@ processors_start(int n)
 {
 	threads = calloc(n, sizeof(pthread_t));
 	wake_pipes = calloc(n, sizeof(*wake_pipes));
-	if (threads == NULL || wake_pipes == NULL)
+	wake_lost = calloc(n, sizeof(*wake_lost));
+	if (threads == NULL || wake_pipes == NULL || wake_lost == NULL)
 		return false;
 	for (int i = 0; i < n; i++)
 	{
@@ -151,6 +209,8 @@ processors_join(void)
 	}
 	free(wake_pipes);
 	wake_pipes = NULL;
+	free((void *) wake_lost);
+	wake_lost = NULL;
 	free(threads);
 	threads = NULL;
 }

@@ -74,7 +74,14 @@ store(PGconn **conn, Batch *b)
 		if (stored >= 0)
 		{
 			if (stored > 0)
-				processors_wake();
+			{
+				int64_t		first = b->ids[0];
+
+				for (int i = 1; i < b->n; i++)
+					if (b->ids[i] < first)
+						first = b->ids[i];
+				processors_wake(first);
+			}
 			relay_log(LOG_DEBUG, "receiver: %d updates, %d new", b->n, stored);
 			return true;
 		}

@@ -97,7 +97,7 @@ void		sender_join(void);
  * processors after it stored updates, a processor wakes the sender after
  * it queued replies.  Other relays and SQL sessions still NOTIFY.
  */
-void		processors_wake(void);
+void		processors_wake(int64_t first_update);	/* the lowest update_id just stored */
 void		sender_wake(void);
 
 /*

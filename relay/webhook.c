@@ -135,7 +135,7 @@ store(const char *body, size_t len, int64_t id)
 		return 503;
 	}
 	if (stored > 0)
-		processors_wake();
+		processors_wake(id);
 	relay_log(LOG_DEBUG, "webhook: update %lld stored (%s)", (long long) id, stored ? "new" : "seen before");
 	return 200;
 }

@@ -231,4 +231,20 @@ SELECT chat_id FROM regstage.outbox_claim(2, '1 minute', 1, NULL, (SELECT s FROM
 SELECT chat_id, params->>'text' AS text, status, claimed_until IS NOT NULL AS claimed FROM regstage.outbox ORDER BY id;
 DROP TABLE snap;
 
+-- 10. What the relay's processors claim between walks from the start:
+-- process_next(notify, after_update) looks only at updates after it (a
+-- chat's next update comes after the one a processor last handled)
+TRUNCATE regstage.inbox, regstage.outbox;
+SELECT regstage.store_updates(ARRAY[3101, 3102, 3103],
+	ARRAY[regstage_test.raw(regstage_test.text(3101, 30101, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3102, 30102, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3103, 30101, '/start', 'en'))]) AS stored;
+-- after 3101: 3102; 3103 waits behind its chat's 3101
+SELECT regstage.process_next(true, 3101) AS handled;
+SELECT regstage.process_next(true, 3101) AS handled;
+-- from the start: 3101, then (after it) its chat's 3103
+SELECT regstage.process_next(true, NULL) AS handled;
+SELECT regstage.process_next(true, 3101) AS handled;
+SELECT update_id, status FROM regstage.inbox ORDER BY update_id;
+
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

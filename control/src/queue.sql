@@ -102,7 +102,16 @@ $$;
 -- update with every other — 0.3 s per update with 3,000 queued.  A chat's
 -- first pending update is looked up as the first at or after its chat_id
 -- in (chat_id, update_id) order, an order no other index gives.
-CREATE OR REPLACE FUNCTION regstage.inbox_claim(OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
+--
+-- after_update: only updates after it are looked at.  A transaction held
+-- open (a commit blocked on a lock, a slow download) keeps every update
+-- processed meanwhile in inbox_pending, and a walk from the first one steps
+-- over all of them; the relay's processors walk from the update they last
+-- handled instead (a chat's next update comes after its last), lowered to
+-- the first of each batch their receiver stores, and from the start once a
+-- second (retries whose backoff ended, updates stored out of order).
+CREATE OR REPLACE FUNCTION regstage.inbox_claim(after_update bigint DEFAULT NULL,
+											   OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
 											   OUT attempts integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
@@ -110,7 +119,8 @@ SET enable_sort = off AS $$
 BEGIN
 	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
 	  FROM regstage.inbox i
-	 WHERE i.status = 'pending' AND i.next_attempt_at <= now()
+	 WHERE i.status = 'pending' AND i.update_id > coalesce(after_update, -9223372036854775808)
+	   AND i.next_attempt_at <= now()
 	   AND (i.chat_id IS NULL			-- no chat: no order to keep
 			OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
 											WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
@@ -121,7 +131,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION regstage.process_next(notify boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION regstage.process_next(notify boolean DEFAULT true, after_update bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	u record;
@@ -132,7 +142,7 @@ DECLARE
 	notify_was text;
 	applied boolean := false;
 BEGIN
-	SELECT c.update_id, c.chat_id, c.body, c.attempts INTO u FROM regstage.inbox_claim() c;
+	SELECT c.update_id, c.chat_id, c.body, c.attempts INTO u FROM regstage.inbox_claim(after_update) c;
 	IF u.update_id IS NULL THEN
 		RETURN NULL;
 	END IF;
