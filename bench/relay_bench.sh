@@ -83,7 +83,7 @@ ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 
 bench_relay() {
 	local chats variant ups_old p99_old p99_free
-	TOTAL=${BENCH_RELAY_UPDATES:-3000} BLOCK_S=30 RATE=${BENCH_RELAY_RATE:-300}
+	TOTAL=${BENCH_RELAY_UPDATES:-3000} BLOCK_S=${BENCH_RELAY_BLOCK_S:-30} RATE=${BENCH_RELAY_RATE:-300}
 	build_old_relay
 	printf '\n## relay end to end: %d text-step updates through getUpdates, PostgreSQL and sendMessage\n\n' "$TOTAL"
 	printf '| chats | relay | updates/s | reply p50 | reply p99 | relay peak RSS (VmHWM) | of which private (RssAnon) |\n|---|---|---|---|---|---|---|\n'
@@ -101,7 +101,11 @@ bench_relay() {
 		done
 	done
 	# 100 chats writing at RATE updates/s, latency from when each was sent;
-	# then the same with one chat blocked for BLOCK_S seconds: the other 99
+	# then the same with one chat blocked for BLOCK_S seconds: the other 99.
+	# BENCH_RELAY_PACED_UPDATES = RATE x BLOCK_S keeps the chat blocked for
+	# the whole round (the default 3,000 at 300/s: the first 10 s of it).
+	local all=$TOTAL
+	TOTAL=${BENCH_RELAY_PACED_UPDATES:-$TOTAL}
 	for variant in before after; do
 		relay_round 100 $variant $RATE
 		printf '| 100 at %d/s (the first chat'"'"'s left out) | %s | %s | %s ms | %s ms | %s MB | %s MB |\n' "$RATE" "$variant" "$UPS" ${LAT% *} ${LAT#* } "$HWM_MB" "$ANON_MB"
@@ -112,6 +116,7 @@ bench_relay() {
 		[ $variant = before ] && p99_old=${LAT#* }
 	done
 	RATIO+=("relay, 100 chats at $RATE/s, one blocked $BLOCK_S s: the other chats' reply p99 after/before ${LAT#* }/${p99_old} ms = $(ratio "${LAT#* }" "$p99_old")x")
+	TOTAL=$all
 	bench_relay_https "$TOTAL"
 }
 

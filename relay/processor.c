@@ -19,9 +19,10 @@
  * commit blocked for 30 s: all the others'), so a processor keeps a cursor:
  * the update it last handled (a chat's next update comes after its last),
  * lowered to the first update of each batch this relay's receiver stores
- * (the wake-up carries it).  Once a second, after a NOTIFY (retry_update,
- * another client storing updates) and on a new connection it walks from the
- * start: retries whose backoff ended, updates committed out of order.
+ * (the wake-up carries it); an update whose retry wait ended comes first
+ * (inbox_deferred).  Every 10 s, after a NOTIFY (retry_update, another
+ * client storing updates) and on a new connection it walks from the start:
+ * updates committed out of order, those a processor that died held.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,7 +36,7 @@
 #include "relay.h"
 
 #define IDLE_WAIT_MS 1000
-#define FULL_CLAIM_MS 1000		/* a claim walks from the first pending update at least this often */
+#define FULL_CLAIM_MS 10000		/* a claim walks from the first pending update at least this often */
 
 static pthread_t *threads;
 static int	nthreads;

@@ -6,9 +6,10 @@
  *               and up to RUN_MAX - 1 calls queued after it; one chat per
  *               slot.  Which chats: what is new since the last claim (calls
  *               committed since its snapshot, the chats whose runs ended
- *               since); every chat, round robin from the last one claimed,
- *               once a second (calls whose backoff ended, leases of a sender
- *               that died) and whenever the last claim left some behind
+ *               since, those whose retry wait ended); every chat, round
+ *               robin from the last one claimed, every 10 s (leases of a
+ *               sender that died, calls committed out of order) and
+ *               whenever the last claim left some behind
  *   2. send     each slot's current call, concurrently on a curl multi handle
  *               (one keep-alive connection per slot)
  *   3. report   every answer since the last report in one statement,
@@ -47,7 +48,7 @@
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 #define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
 #define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
-#define FULL_CLAIM_MS 1000		/* a claim looks at every chat at least this often */
+#define FULL_CLAIM_MS 10000		/* a claim looks at every chat at least this often */
 #define ENDED_MAX 256			/* chats with ended runs the next claim looks at; more: it looks at all */
 
 typedef enum
@@ -97,7 +98,8 @@ static atomic_bool woken;		/* sender_wake since the sender last looked */
 static struct
 {
 	char	   *since;			/* pg_snapshot as text; NULL: the next claim is full */
-	long long	ended[ENDED_MAX];
+	long long	ended[ENDED_MAX];	/* chats whose runs ended ... */
+	char		ended_at[ENDED_MAX][24];	/* ... and the last call of each run */
 	int			nended;
 	bool		ended_lost;		/* more ended than fit: the next claim is full */
 	bool		full_more;		/* the last full claim filled every slot: the round goes on */
@@ -107,19 +109,30 @@ static struct
 
 static int	count(SlotState st);
 
-/* A slot's run of its chat ended: the next claim looks at what that chat has left. */
+/*
+ * A slot's run of its chat ended with its current call sent or parked: the
+ * next claim looks at what that chat has left after that call (chats_after;
+ * from the chat's first entry, the lookup stepped over every call of the
+ * chat sent while some transaction stayed open).
+ */
 static void
 run_ended(const Slot *s)
 {
+	int			i;
+
 	if (!s->has_chat)
 		return;
-	for (int i = 0; i < news.nended; i++)
-		if (news.ended[i] == s->chat)
-			return;
-	if (news.nended == ENDED_MAX)
+	for (i = 0; i < news.nended && news.ended[i] != s->chat; i++)
+		;
+	if (i == ENDED_MAX)
+	{
 		news.ended_lost = true;
-	else
-		news.ended[news.nended++] = s->chat;
+		return;
+	}
+	news.ended[i] = s->chat;
+	snprintf(news.ended_at[i], sizeof(news.ended_at[i]), "%s", s->run[s->pos].id);
+	if (i == news.nended)
+		news.nended++;
 }
 
 /* Forget what is new: the next claim looks at every chat. */
@@ -143,8 +156,8 @@ static const struct
 	/* one row at least: the snapshot the claim's statement started in */
 	{"claim", "SELECT pg_current_snapshot()::text, c.id, c.chat_id, c.method, c.params::text "
 		"FROM (VALUES (1)) AS one LEFT JOIN regstage.outbox_claim($1::integer, $2::interval, $3::integer, "
-		"$4::bigint, $5::pg_snapshot, $6::bigint[]) AS c ON true", 6},
-	{"report", "SELECT id, next_claimed FROM regstage.outbox_report_batch("
+		"$4::bigint, $5::pg_snapshot, $6::bigint[], $7::bigint[]) AS c ON true", 7},
+	{"report", "SELECT id, next_claimed, status FROM regstage.outbox_report_batch("
 		"$1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::bigint[], $6::interval)", 6},
 };
 static PGconn *prepared_on;		/* the connection they are prepared on */
@@ -419,7 +432,15 @@ report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
 			}
 			else
 			{
-				run_ended(s);
+				/*
+				 * Sent or parked: the chat's next call comes after this one.
+				 * A call held for a retry stays its chat's oldest; a claim
+				 * finds it when its wait ended (outbox_deferred).
+				 */
+				const char *st = PQgetvalue(res, r, 2);
+
+				if (strcmp(st, "sent") == 0 || strcmp(st, "failed") == 0)
+					run_ended(s);
 				slot_free(s);
 				*freed = true;
 			}
@@ -431,7 +452,6 @@ report_slots(PGconn *conn, CURLM *multi, bool go_on, bool *freed, int only)
 		if (slots[i].in_batch)
 		{
 			slots[i].in_batch = false;
-			run_ended(&slots[i]);
 			slot_free(&slots[i]);
 			*freed = true;
 		}
@@ -472,7 +492,8 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 	char		lease[32];
 	char		per_chat[16];
 	Text		chats = {0};
-	const char *values[6] = {max, lease, per_chat, NULL, NULL, NULL};
+	Text		chats_after = {0};
+	const char *values[7] = {max, lease, per_chat, NULL, NULL, NULL, NULL};
 	PGresult   *res;
 	int			n;
 	int			k = 0;
@@ -495,23 +516,29 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 	{
 		values[4] = news.since;
 		text_str(&chats, "{");
+		text_str(&chats_after, "{");
 		for (int i = 0; i < news.nended; i++)
 		{
 			char		num[24];
 
 			snprintf(num, sizeof(num), "%lld", news.ended[i]);
 			text_element(&chats, num);
+			text_element(&chats_after, news.ended_at[i]);
 		}
 		text_str(&chats, "}");
-		if (chats.failed)
+		text_str(&chats_after, "}");
+		if (chats.failed || chats_after.failed)
 		{
 			free(chats.p);
+			free(chats_after.p);
 			return -1;
 		}
 		values[5] = chats.p;
+		values[6] = chats_after.p;
 	}
 	res = exec_prepared(conn, "claim", values);
 	free(chats.p);
+	free(chats_after.p);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		char		msg[512];
@@ -576,8 +603,15 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 		/* a full claim: the round robin goes on after the last chat claimed */
 		if (any)
 			snprintf(news.after_chat, sizeof(news.after_chat), "%lld", any_after ? max_after : max_all);
-		news.full_more = claimed == room;
 		news.next_full = relay_now_ms() + FULL_CLAIM_MS;
+		/*
+		 * One that filled every slot goes on with the round only while
+		 * there is no snapshot to ask for news since: full claims back to
+		 * back, each stepping over every call a long transaction keeps
+		 * visible, had the sender fall seconds behind.  What it left is new
+		 * since that snapshot, or is found by the next full claim.
+		 */
+		news.full_more = claimed == room && news.since == NULL;
 	}
 	if (claimed < room)
 	{

@@ -229,6 +229,14 @@ UPDATE snap SET s = pg_current_snapshot();
 SELECT count(regstage.send_message(c, 'c')) AS queued FROM generate_series(30080, 30084) c;
 SELECT chat_id FROM regstage.outbox_claim(2, '1 minute', 1, NULL, (SELECT s FROM snap));
 SELECT chat_id, params->>'text' AS text, status, claimed_until IS NOT NULL AS claimed FROM regstage.outbox ORDER BY id;
+-- a call held by a 429 comes back once its wait ended, though nothing is
+-- new and its chat is not named; the call queued behind it waits for it
+UPDATE snap SET s = pg_current_snapshot();
+SELECT regstage.outbox_report((SELECT id FROM regstage.outbox WHERE chat_id = 30080), 429, 'Too Many Requests', 1) AS c;
+SELECT regstage.send_message(30080, 'd') IS NOT NULL AS queued;
+SELECT count(*) AS claimed FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap));
+SELECT pg_sleep(1.1);
+SELECT chat_id, params->>'text' AS text, attempts FROM regstage.outbox_claim(10, '1 minute', 1, NULL, (SELECT s FROM snap));
 DROP TABLE snap;
 
 -- 10. What the relay's processors claim between walks from the start:

@@ -74,7 +74,7 @@ COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body 
 COMMENT ON FUNCTION regstage.queue_call(text, jsonb, bigint) IS 'queues a Bot API call in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.send_message(bigint, text, jsonb) IS 'queues a sendMessage in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.outbox_notify() IS 'trigger: wakes the senders when calls are queued (at commit)';
-COMMENT ON FUNCTION regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[]) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease; with per_chat > 1 also the calls queued right after it (claimed one by one by outbox_report_batch)';
+COMMENT ON FUNCTION regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[]) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease; with per_chat > 1 also the calls queued right after it (claimed one by one by outbox_report_batch)';
 COMMENT ON FUNCTION regstage.outbox_report(bigint, integer, text, integer) IS 'records what the Bot API answered for a claimed call: sent, retry later, or failed';
 COMMENT ON FUNCTION regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval) IS 'outbox_report for many calls in one statement; claims the next call of a chat once the one before it is done';
 COMMENT ON FUNCTION regstage.purge_processed(interval) IS 'deletes done inbox rows and sent outbox rows older than regstage.retention';

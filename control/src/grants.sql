@@ -30,7 +30,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.handle_update(jsonb)'),
 		   ('regstage.store_updates(bigint[], bytea[], boolean)'),
 		   ('regstage.process_next(boolean, bigint)'),
-		   ('regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[])'),
+		   ('regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[])'),
 		   ('regstage.outbox_report(bigint, integer, text, integer)'),
 		   ('regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval)'),
 		   ('regstage.send_message(bigint, text, jsonb)'),

@@ -108,8 +108,10 @@ $$;
 -- processed meanwhile in inbox_pending, and a walk from the first one steps
 -- over all of them; the relay's processors walk from the update they last
 -- handled instead (a chat's next update comes after its last), lowered to
--- the first of each batch their receiver stores, and from the start once a
--- second (retries whose backoff ended, updates stored out of order).
+-- the first of each batch their receiver stores, and from the start every
+-- 10 s (updates stored out of order, those of a processor that died).  With
+-- after_update, an update whose retry wait ended (inbox_deferred) comes
+-- first.
 CREATE OR REPLACE FUNCTION regstage.inbox_claim(after_update bigint DEFAULT NULL,
 											   OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
 											   OUT attempts integer)
@@ -117,6 +119,21 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET enable_sort = off AS $$
 BEGIN
+	IF after_update IS NOT NULL THEN
+		SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
+		  FROM regstage.inbox i
+		 WHERE i.status = 'pending' AND i.next_attempt_at > i.received_at AND i.next_attempt_at <= now()
+		   AND (i.chat_id IS NULL
+				OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
+												WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
+												ORDER BY e.chat_id, e.update_id LIMIT 1))
+		 ORDER BY i.next_attempt_at
+		 LIMIT 1
+		 FOR UPDATE SKIP LOCKED;
+		IF update_id IS NOT NULL THEN
+			RETURN;
+		END IF;
+	END IF;
 	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
 	  FROM regstage.inbox i
 	 WHERE i.status = 'pending' AND i.update_id > coalesce(after_update, -9223372036854775808)
@@ -297,8 +314,10 @@ CREATE OR REPLACE TRIGGER outbox_notify
 -- (xid8 at or past its xmax, or in its xip list: outbox_queued) and
 -- those chats are looked at — the way PgQ cuts its event batches.  A call
 -- found not claimable then (its chat busy or held for a retry) is the
--- business of whoever ends that chat's run, or of the sender's periodic full
--- scan (retries that came due, leases of a sender that died).  A snapshot
+-- business of whoever ends that chat's run, or of the next such claim once
+-- its retry wait ended (outbox_deferred: the only pending calls whose
+-- next_attempt_at moved), or of the sender's periodic full claim (leases of
+-- a sender that died, calls committed out of order).  A snapshot
 -- taken at the start of the claiming statement is older than the scans in
 -- it: what they missed, it has not seen, so the next claim looks again.
 --
@@ -306,7 +325,8 @@ CREATE OR REPLACE TRIGGER outbox_notify
 -- (at most what it had in flight).
 CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, lease interval DEFAULT '1 minute',
 												 per_chat integer DEFAULT 1, after_chat bigint DEFAULT NULL,
-												 since pg_snapshot DEFAULT NULL, chats bigint[] DEFAULT NULL)
+												 since pg_snapshot DEFAULT NULL, chats bigint[] DEFAULT NULL,
+												 chats_after bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- plans pinned to the indexes, whatever the outbox held when a sender's
@@ -331,7 +351,8 @@ BEGIN
 		RETURN;
 	END IF;
 	IF since IS NOT NULL OR chats IS NOT NULL THEN
-		-- what is new: calls queued since the snapshot, and the given chats
+		-- what is new: calls queued since the snapshot, the chats named, the
+		-- calls whose retry wait ended (outbox_deferred)
 		WITH news AS (
 			-- (coalesce: outbox_queued, not outbox_pending_chat read whole)
 			SELECT o.id, o.chat_id FROM regstage.outbox o
@@ -339,25 +360,48 @@ BEGIN
 			UNION ALL
 			SELECT o.id, o.chat_id FROM regstage.outbox o
 			 WHERE o.queued_by = ANY (ARRAY(SELECT pg_snapshot_xip(since))) AND coalesce(o.status, '') = 'pending'),
-		candidates AS (
-			-- of a chat, its oldest pending call (only it may go) ...
-			SELECT (SELECT e.id FROM regstage.outbox e
-					 WHERE e.status = 'pending' AND e.chat_id = c.chat_id
-					 ORDER BY e.chat_id, e.id LIMIT 1) AS id
-			  FROM (SELECT n.chat_id FROM news n WHERE n.chat_id IS NOT NULL
-					UNION
-					SELECT u.chat_id FROM unnest(chats) AS u(chat_id) WHERE u.chat_id IS NOT NULL) c
-			UNION ALL
-			-- ... a call of no chat goes on its own
-			SELECT n.id FROM news n WHERE n.chat_id IS NULL)
-		SELECT array_agg(c.id) INTO more FROM candidates c;
-		-- which are due and unclaimed, looked up by id (as a join, the
-		-- planner ran the candidates again for every pending call)
-		SELECT array_agg(d.id) INTO heads
-		  FROM (SELECT o.id FROM regstage.outbox o
-				 WHERE o.id = ANY (more) AND coalesce(o.status, '') = 'pending' AND o.next_attempt_at <= now()
-				   AND (o.claimed_until IS NULL OR o.claimed_until < now())
-				 ORDER BY o.id LIMIT max_calls) d;
+		deferred AS (
+			SELECT o.id, o.chat_id FROM regstage.outbox o
+			 WHERE o.status = 'pending' AND o.next_attempt_at > o.created_at AND o.next_attempt_at <= now()
+			   AND (o.claimed_until IS NULL OR o.claimed_until < now())),
+		-- the chats to look at, each with where its calls may start: a
+		-- chat named starts after chats_after (every call of it before was
+		-- sent or parked; from the chat's first entry the lookup stepped
+		-- over each call of it sent while some transaction stayed open)
+		looked AS (
+			SELECT c.chat_id, max(c.after_id) AS after_id, min(c.id) AS first_id
+			  FROM (SELECT n.chat_id, NULL::bigint AS after_id, n.id FROM news n
+					UNION ALL
+					SELECT u.chat_id, u.after_id, u.after_id FROM unnest(chats, chats_after) AS u(chat_id, after_id)
+					UNION ALL
+					SELECT d.chat_id, NULL, d.id FROM deferred d) c
+			 WHERE c.chat_id IS NOT NULL
+			 GROUP BY c.chat_id)
+		SELECT array_agg(x.id) INTO heads
+		  FROM ((-- of each chat its oldest pending call (only it may go), if
+				 -- due and unclaimed; looked up chat by chat, the oldest
+				 -- first, only until max_calls are found
+				 SELECT r.id
+				   FROM (SELECT * FROM looked ORDER BY first_id) l
+						CROSS JOIN LATERAL (SELECT e.id FROM regstage.outbox e
+											 WHERE e.status = 'pending' AND e.chat_id = l.chat_id
+											   AND e.id > coalesce(l.after_id, -9223372036854775808)
+											 ORDER BY e.chat_id, e.id LIMIT 1) h
+						CROSS JOIN LATERAL (SELECT o.id FROM regstage.outbox o
+											 WHERE o.id = h.id AND coalesce(o.status, '') = 'pending'
+											   AND o.next_attempt_at <= now()
+											   AND (o.claimed_until IS NULL OR o.claimed_until < now())) r)
+				UNION ALL
+				-- a call of no chat goes on its own
+				(SELECT r.id
+				   FROM (SELECT n.id FROM news n WHERE n.chat_id IS NULL
+						 UNION ALL
+						 SELECT d.id FROM deferred d WHERE d.chat_id IS NULL) c
+						CROSS JOIN LATERAL (SELECT o.id FROM regstage.outbox o
+											 WHERE o.id = c.id AND coalesce(o.status, '') = 'pending'
+											   AND o.next_attempt_at <= now()
+											   AND (o.claimed_until IS NULL OR o.claimed_until < now())) r)
+				LIMIT max_calls) x;
 		heads := coalesce(heads, '{}');
 	ELSE
 		IF after_chat = 9223372036854775807 THEN

@@ -22,6 +22,11 @@ CREATE TABLE regstage.inbox (
 CREATE INDEX inbox_pending ON regstage.inbox (update_id) WHERE status = 'pending';
 CREATE INDEX inbox_pending_chat ON regstage.inbox (chat_id, update_id) WHERE status = 'pending';
 CREATE INDEX inbox_processed ON regstage.inbox (processed_at) WHERE status = 'done';
+-- updates waiting for a retry (a failure's backoff, an outage, retry_update):
+-- the only pending updates whose next_attempt_at moved.  Found here, a
+-- processor need not walk every pending update to see whose wait ended.
+CREATE INDEX inbox_deferred ON regstage.inbox (next_attempt_at)
+	WHERE status = 'pending' AND next_attempt_at > received_at;
 
 -- Every Bot API call the bot decided, written in the transaction that
 -- decided it; a sender delivers them in order per chat.
@@ -52,6 +57,9 @@ CREATE INDEX outbox_sent ON regstage.outbox (sent_at) WHERE status = 'sent';
 -- to find one chat's pending calls; so outbox_pending_chat is the outbox's
 -- only one, and whatever looks for pending calls by chat finds that index.
 CREATE INDEX outbox_queued ON regstage.outbox (queued_by);
+-- calls waiting for a retry (429, 5xx, no answer), as inbox_deferred
+CREATE INDEX outbox_deferred ON regstage.outbox (next_attempt_at)
+	WHERE status = 'pending' AND next_attempt_at > created_at;
 
 -- Both edges are data a dump must keep (pending updates, unsent replies),
 -- and the memory of applied update_ids with them.
