@@ -49,6 +49,7 @@
 #define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
 #define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
 #define FULL_CLAIM_MS 10000		/* a claim looks at every chat at least this often */
+#define FULL_CHAIN_MS 5			/* full claims go on back to back only while each takes less */
 #define ENDED_MAX 256			/* chats with ended runs the next claim looks at; more: it looks at all */
 
 typedef enum
@@ -505,6 +506,7 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 	bool		closed = false;
 	long long	max_after = 0;
 	long long	max_all = 0;
+	long		took;
 
 	full = full || news.since == NULL || news.ended_lost || news.full_more || relay_now_ms() >= news.next_full;
 	snprintf(max, sizeof(max), "%d", room);
@@ -536,7 +538,9 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 		values[5] = chats.p;
 		values[6] = chats_after.p;
 	}
+	took = relay_now_ms();
 	res = exec_prepared(conn, "claim", values);
+	took = relay_now_ms() - took;
 	free(chats.p);
 	free(chats_after.p);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -605,13 +609,14 @@ claim(PGconn *conn, CURLM *multi, int room, bool full)
 			snprintf(news.after_chat, sizeof(news.after_chat), "%lld", any_after ? max_after : max_all);
 		news.next_full = relay_now_ms() + FULL_CLAIM_MS;
 		/*
-		 * One that filled every slot goes on with the round only while
-		 * there is no snapshot to ask for news since: full claims back to
-		 * back, each stepping over every call a long transaction keeps
-		 * visible, had the sender fall seconds behind.  What it left is new
-		 * since that snapshot, or is found by the next full claim.
+		 * One that filled every slot goes on with the round (a backlog:
+		 * chat after chat) while full claims are cheap, or while there is no
+		 * snapshot to ask for news since.  Back to back, each stepping over
+		 * every call a long transaction keeps visible (50 ms after 60 s),
+		 * they had the sender fall seconds behind; then what one left is new
+		 * since the last snapshot, or is found by the next full claim.
 		 */
-		news.full_more = claimed == room && news.since == NULL;
+		news.full_more = claimed == room && (news.since == NULL || took < FULL_CHAIN_MS);
 	}
 	if (claimed < room)
 	{
