@@ -34,9 +34,12 @@ BEGIN
 END
 $$;
 
+-- (PL/pgSQL for its kept plan: asked for every update; see msg())
 CREATE OR REPLACE FUNCTION regstage.is_admin(telegram_id bigint)
-RETURNS boolean LANGUAGE sql STABLE AS $$
-	SELECT EXISTS (SELECT 1 FROM regstage.admins a WHERE a.telegram_id = is_admin.telegram_id)
+RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+	RETURN EXISTS (SELECT 1 FROM regstage.admins a WHERE a.telegram_id = is_admin.telegram_id);
+END
 $$;
 
 CREATE OR REPLACE FUNCTION regstage.admin_language(telegram_id bigint)

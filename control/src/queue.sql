@@ -16,16 +16,21 @@
 -------------------------------------------------------------------------------
 
 -- The conversation a Telegram update belongs to (a private chat's id is its
--- user's id); NULL when it has none (channel posts, polls ...).
+-- user's id); NULL when it has none (channel posts, polls ...).  PL/pgSQL:
+-- asked for every update stored, and as SQL (not inlinable: it names the id
+-- twice) its body was planned at every call (see regstage.msg).
 CREATE OR REPLACE FUNCTION regstage.update_chat_id(update jsonb)
-RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
-	SELECT CASE WHEN id ~ '^-?[0-9]{1,18}$' THEN id::bigint END
-	  FROM (SELECT coalesce(
-			update->'callback_query'->'from'->>'id',
-			update->'message'->'chat'->>'id',
-			update->'edited_message'->'chat'->>'id',
-			update->'my_chat_member'->'chat'->>'id',
-			update->'channel_post'->'chat'->>'id') AS id) s
+RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+	id text := coalesce(
+		update->'callback_query'->'from'->>'id',
+		update->'message'->'chat'->>'id',
+		update->'edited_message'->'chat'->>'id',
+		update->'my_chat_member'->'chat'->>'id',
+		update->'channel_post'->'chat'->>'id');
+BEGIN
+	RETURN CASE WHEN id ~ '^-?[0-9]{1,18}$' THEN id::bigint END;
+END
 $$;
 
 -- BEFORE INSERT on inbox: decode the raw body once.  What cannot be decoded
@@ -103,6 +108,22 @@ $$;
 -- first pending update is looked up as the first at or after its chat_id
 -- in (chat_id, update_id) order, an order no other index gives.
 --
+-- Due: next_attempt_at <= greatest(now(), received_at) — a row never put
+-- off (next_attempt_at is still its received_at) is due whatever the clock.
+-- now() is when the claiming transaction started, and a row committed after
+-- that, by a transaction that started after it, has a later next_attempt_at:
+-- "not due yet", while the claimer's snapshot sees it, so the cursor (or
+-- the sender's snapshot) moved past it and it waited for the next walk from
+-- the start, up to 10 s, under load.  The outbox says the same with
+-- created_at.
+--
+-- plan_cache_mode: the queue's functions take their plans from the settings
+-- above, not from their arguments, so a generic plan is made once per
+-- connection.  Left to choose, PL/pgSQL planned a statement with an array
+-- argument (outbox_report_batch's next calls) afresh at every call, the
+-- generic plan looking dearer than one made for a one-element array: a
+-- quarter of the sender's CPU went to the planner.
+--
 -- after_update: only updates after it are looked at.  A transaction held
 -- open (a commit blocked on a lock, a slow download) keeps every update
 -- processed meanwhile in inbox_pending, and a walk from the first one steps
@@ -117,7 +138,7 @@ CREATE OR REPLACE FUNCTION regstage.inbox_claim(after_update bigint DEFAULT NULL
 											   OUT attempts integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-SET enable_sort = off AS $$
+SET enable_sort = off SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
 	IF after_update IS NOT NULL THEN
 		SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
@@ -137,7 +158,7 @@ BEGIN
 	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
 	  FROM regstage.inbox i
 	 WHERE i.status = 'pending' AND i.update_id > coalesce(after_update, -9223372036854775808)
-	   AND i.next_attempt_at <= now()
+	   AND i.next_attempt_at <= greatest(now(), i.received_at)
 	   AND (i.chat_id IS NULL			-- no chat: no order to keep
 			OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
 											WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
@@ -330,8 +351,10 @@ CREATE OR REPLACE FUNCTION regstage.outbox_claim(max_calls integer DEFAULT 50, l
 RETURNS TABLE (id bigint, chat_id bigint, method text, params jsonb, attempts integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- plans pinned to the indexes, whatever the outbox held when a sender's
--- connection planned them (see inbox_claim)
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+-- connection planned them (see inbox_claim), and made once (see
+-- plan_cache_mode at inbox_claim)
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
 	heads bigint[] := '{}';
@@ -389,7 +412,7 @@ BEGIN
 											 ORDER BY e.chat_id, e.id LIMIT 1) h
 						CROSS JOIN LATERAL (SELECT o.id FROM regstage.outbox o
 											 WHERE o.id = h.id AND coalesce(o.status, '') = 'pending'
-											   AND o.next_attempt_at <= now()
+											   AND o.next_attempt_at <= greatest(now(), o.created_at)
 											   AND (o.claimed_until IS NULL OR o.claimed_until < now())) r)
 				UNION ALL
 				-- a call of no chat goes on its own
@@ -399,7 +422,7 @@ BEGIN
 						 SELECT d.id FROM deferred d WHERE d.chat_id IS NULL) c
 						CROSS JOIN LATERAL (SELECT o.id FROM regstage.outbox o
 											 WHERE o.id = c.id AND coalesce(o.status, '') = 'pending'
-											   AND o.next_attempt_at <= now()
+											   AND o.next_attempt_at <= greatest(now(), o.created_at)
 											   AND (o.claimed_until IS NULL OR o.claimed_until < now())) r)
 				LIMIT max_calls) x;
 		heads := coalesce(heads, '{}');
@@ -417,7 +440,8 @@ BEGIN
 			END IF;
 			WITH RECURSIVE chats AS (
 				(SELECT o.chat_id, o.id,
-						o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now()) AS ready
+						o.next_attempt_at <= greatest(now(), o.created_at)
+							AND (o.claimed_until IS NULL OR o.claimed_until < now()) AS ready
 				   FROM regstage.outbox o
 				  WHERE o.status = 'pending' AND o.chat_id >= coalesce(lo + 1, -9223372036854775808)
 				  ORDER BY o.chat_id, o.id LIMIT 1)
@@ -425,7 +449,8 @@ BEGIN
 				SELECT n.chat_id, n.id, n.ready
 				  FROM chats h,
 					   LATERAL (SELECT o.chat_id, o.id,
-									   o.next_attempt_at <= now() AND (o.claimed_until IS NULL OR o.claimed_until < now())
+									   o.next_attempt_at <= greatest(now(), o.created_at)
+										   AND (o.claimed_until IS NULL OR o.claimed_until < now())
 								  FROM regstage.outbox o
 								 WHERE o.status = 'pending' AND o.chat_id > h.chat_id
 								 ORDER BY o.chat_id, o.id LIMIT 1) n(chat_id, id, ready)
@@ -441,7 +466,8 @@ BEGIN
 			-- calls of no chat: no order to keep, each its own
 			SELECT array_agg(o.id) INTO more
 			  FROM (SELECT o.id FROM regstage.outbox o
-					 WHERE o.status = 'pending' AND o.chat_id IS NULL AND o.next_attempt_at <= now()
+					 WHERE o.status = 'pending' AND o.chat_id IS NULL
+					   AND o.next_attempt_at <= greatest(now(), o.created_at)
 					   AND (o.claimed_until IS NULL OR o.claimed_until < now())
 					 ORDER BY o.id LIMIT max_calls - cardinality(heads)) o;
 			heads := heads || coalesce(more, '{}');
@@ -454,7 +480,8 @@ BEGIN
 	-- sent since is rechecked here and left out
 	SELECT array_agg(l.id) INTO heads
 	  FROM (SELECT o.id FROM regstage.outbox o
-			 WHERE o.id = ANY (heads) AND coalesce(o.status, '') = 'pending' AND o.next_attempt_at <= now()
+			 WHERE o.id = ANY (heads) AND coalesce(o.status, '') = 'pending'
+			   AND o.next_attempt_at <= greatest(now(), o.created_at)
 			   AND (o.claimed_until IS NULL OR o.claimed_until < now())
 			   FOR UPDATE SKIP LOCKED) l;
 	IF heads IS NULL THEN
@@ -469,13 +496,14 @@ BEGIN
 		SELECT c.id AS head, c.id, c.chat_id, c.method, c.params, c.attempts, true AS ready FROM claimed c
 		UNION ALL
 		SELECT c.id, f.id, f.chat_id, f.method, f.params, f.attempts,
-			   f.next_attempt_at <= now() AND (f.claimed_until IS NULL OR f.claimed_until < now())
+			   f.next_attempt_at <= greatest(now(), f.created_at) AND (f.claimed_until IS NULL OR f.claimed_until < now())
 		  FROM claimed c,
 			   -- the calls after it in its chat: a range of outbox_pending_chat
 			   -- that ends with the chat (read on into the next chats, it
 			   -- stepped over every call they sent while a long transaction
 			   -- kept those visible)
-			   LATERAL (SELECT f.id, f.chat_id, f.method, f.params, f.attempts, f.next_attempt_at, f.claimed_until
+			   LATERAL (SELECT f.id, f.chat_id, f.method, f.params, f.attempts, f.next_attempt_at, f.created_at,
+							   f.claimed_until
 						  FROM regstage.outbox f
 						 WHERE f.status = 'pending' AND f.chat_id = c.chat_id AND f.id > c.id
 						 ORDER BY f.chat_id, f.id LIMIT per_chat - 1) f
@@ -499,7 +527,8 @@ CREATE OR REPLACE FUNCTION regstage.outbox_report_batch(ids bigint[], http_statu
 														lease interval DEFAULT '1 minute')
 RETURNS TABLE (id bigint, status text, next_claimed boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
 	n integer := coalesce(cardinality(ids), 0);
@@ -556,7 +585,8 @@ BEGIN
 	IF nexts IS NOT NULL THEN
 		WITH upd AS (
 			UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
-			 WHERE o.id = ANY (nexts) AND coalesce(o.status, '') = 'pending' AND o.next_attempt_at <= now()
+			 WHERE o.id = ANY (nexts) AND coalesce(o.status, '') = 'pending'
+			   AND o.next_attempt_at <= greatest(now(), o.created_at)
 			   AND (o.claimed_until IS NULL OR o.claimed_until < now())
 			   AND o.id > prevs[array_position(nexts, o.id)]
 			   AND o.chat_id = (SELECT p.chat_id FROM regstage.outbox p WHERE p.id = prevs[array_position(nexts, o.id)])
@@ -586,7 +616,8 @@ $$;
 CREATE OR REPLACE FUNCTION regstage.outbox_report(id bigint, http_status integer, error text DEFAULT NULL,
 												  retry_after integer DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_bitmapscan = off AS $$	-- by primary key, whatever the queue held at the first call
+SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
+AS $$	-- by primary key, whatever the queue held at the first call
 DECLARE
 	new_status text;
 BEGIN
