@@ -48,6 +48,7 @@
 #define LEASE_MARGIN_S 5			/* a claim outlives its call's timeout by this */
 #define RUN_MAX 20				/* calls of one chat a slot holds, sent one after the other */
 #define NOTIFY_GAP_MS 10		/* a NOTIFY claims at most this often (every commit of a busy bot sends one) */
+#define REPORT_GAP_MS 2			/* answers are reported at most this often while other calls are in flight */
 #define FULL_CLAIM_MS 10000		/* a claim looks at every chat at least this often */
 #define FULL_CHAIN_MS 5			/* full claims go on back to back only while each takes less */
 #define ENDED_MAX 256			/* chats with ended runs the next claim looks at; more: it looks at all */
@@ -708,6 +709,7 @@ sender_main(void *arg)
 	bool		want_claim = true;
 	bool		notified = false;	/* calls were queued since the last claim */
 	long		last_claim = 0;
+	long		last_report = 0;
 	long		drain_until = 0;
 	int			failures = 0;
 
@@ -759,11 +761,20 @@ sender_main(void *arg)
 			if (conn)
 				failures = 0;
 		}
-		if (conn && count(SLOT_REPORTING) > 0)
+		/*
+		 * A report costs a statement whatever it carries: while other calls
+		 * are still in flight, their answers are waited for a moment (at
+		 * most REPORT_GAP_MS since the last report) and go in the same one.
+		 * Answered alone, one by one, the reports were the larger half of
+		 * the sender's database CPU under load.
+		 */
+		if (conn && count(SLOT_REPORTING) > 0 &&
+			(count(SLOT_SENDING) == 0 || draining || fatal || relay_now_ms() - last_report >= REPORT_GAP_MS))
 		{
 			bool		freed = false;
 			bool		go_on = !fatal && (!draining || relay_now_ms() < drain_until);
 
+			last_report = relay_now_ms();
 			if (!report(conn, multi, go_on, &freed) && !db_usable(conn))
 				db_drop(&conn);
 			if (freed)
@@ -806,6 +817,13 @@ sender_main(void *arg)
 			wait_ms = NOTIFY_GAP_MS;
 		if (draining)
 			wait_ms = want_claim ? 0 : 50;
+		if (count(SLOT_REPORTING) > 0 && conn)
+		{
+			/* answers held for the next report: wake when it is due */
+			long		due = last_report + REPORT_GAP_MS - relay_now_ms();
+
+			wait_ms = due < 0 ? 0 : (due < wait_ms ? due : wait_ms);
+		}
 		if (atomic_load(&woken))
 			wait_ms = 0;
 		curl_multi_poll(multi, nextra ? &extra : NULL, nextra, (int) wait_ms, NULL);
