@@ -1,6 +1,7 @@
 /*
  * processor.c — RELAY_WORKERS threads, each with its own connection,
- * looping SELECT regstage.process_next().
+ * looping CALL regstage.process_next_batch(): process_next() up to 16 times
+ * (for up to 5 ms), each update its own transaction, in one round trip.
  *
  * The database does the scheduling: process_next claims the oldest due
  * update of a chat no one else is processing (row locks, SKIP LOCKED),
@@ -37,6 +38,8 @@
 
 #define IDLE_WAIT_MS 1000
 #define FULL_CLAIM_MS 10000		/* a claim walks from the first pending update at least this often */
+#define BATCH_MAX "16"			/* updates per process_next_batch call, each its own transaction ... */
+#define BATCH_MS "5"			/* ... for at most this long: the sender is woken after each call */
 
 static pthread_t *threads;
 static int	nthreads;
@@ -124,11 +127,12 @@ processor_main(void *arg)
 			snprintf(after, sizeof(after), "%lld", (long long) cursor);
 			values[0] = after;
 		}
-		res = PQexecParams(conn, "SELECT regstage.process_next(false, $1::bigint)", 1, NULL, values, NULL, NULL, 0);
-		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		res = PQexecParams(conn, "CALL regstage.process_next_batch(" BATCH_MAX ", " BATCH_MS ", false, $1::bigint)",
+						   1, NULL, values, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 2)
 		{
 			failures = 0;
-			if (PQgetisnull(res, 0, 0))
+			if (PQgetisnull(res, 0, 1))
 			{
 				long		wait = next_full - relay_now_ms();
 
@@ -136,12 +140,13 @@ processor_main(void *arg)
 			}
 			else
 			{
-				/* the chat's next update comes after this one: walk on from here */
-				cursor = atoll(PQgetvalue(res, 0, 0));
+				/* a chat's next update comes after its last: walk on from the last handled */
+				cursor = atoll(PQgetvalue(res, 0, 1));
 				have_cursor = true;
-				/* its replies (if any) are committed: the sender claims them */
+				/* their replies (if any) are committed: the sender claims them */
 				sender_wake();
-				relay_log(LOG_INFO, "update %s processed, %ld ms", PQgetvalue(res, 0, 0), relay_now_ms() - t0);
+				relay_log(LOG_INFO, "%s updates processed, the last %s, %ld ms", PQgetvalue(res, 0, 0),
+						  PQgetvalue(res, 0, 1), relay_now_ms() - t0);
 			}
 			PQclear(res);
 			continue;

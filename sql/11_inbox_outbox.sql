@@ -255,4 +255,26 @@ SELECT regstage.process_next(true, NULL) AS handled;
 SELECT regstage.process_next(true, 3101) AS handled;
 SELECT update_id, status FROM regstage.inbox ORDER BY update_id;
 
+-- 11. process_next_batch(): process_next() up to max_updates times in one
+-- call, each update committed on its own; how many, and the last one
+TRUNCATE regstage.inbox, regstage.outbox;
+SELECT regstage.store_updates(ARRAY[3201, 3202, 3203, 3204],
+	ARRAY[regstage_test.raw(regstage_test.text(3201, 30201, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3202, 30202, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3203, 30201, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3204, 30203, '/start', 'en'))]) AS stored;
+CALL regstage.process_next_batch(2);
+SELECT update_id, status FROM regstage.inbox ORDER BY update_id;
+-- after 3202 (its cursor): 3203 (its chat's 3201 is done), then 3204
+CALL regstage.process_next_batch(16, 1000, true, 3202);
+CALL regstage.process_next_batch();
+SELECT count(*) AS replies FROM regstage.outbox;
+-- it commits: inside a transaction block it refuses (2D000), nothing applied
+SELECT regstage.store_updates(ARRAY[3205], ARRAY[regstage_test.raw(regstage_test.text(3205, 30204, '/start', 'en'))]) AS stored;
+BEGIN;
+CALL regstage.process_next_batch();
+ROLLBACK;
+SELECT update_id, status FROM regstage.inbox WHERE update_id = 3205;
+CALL regstage.process_next_batch();
+
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

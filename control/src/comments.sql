@@ -68,6 +68,8 @@ COMMENT ON FUNCTION regstage.inbox_decode() IS 'trigger: decodes a raw update as
 COMMENT ON FUNCTION regstage.store_updates(bigint[], bytea[], boolean) IS 'stores raw updates in the inbox in the caller''s transaction; returns how many were new';
 COMMENT ON FUNCTION regstage.inbox_claim(bigint) IS 'process_next''s claim: the oldest due pending update (after after_update) of a chat nobody is processing, locked';
 COMMENT ON FUNCTION regstage.process_next(boolean, bigint) IS 'applies the oldest due update (after after_update) of one chat and queues its replies; NULL when nothing is due';
+COMMENT ON PROCEDURE regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint) IS
+	'process_next() up to max_updates times (or max_ms), committing each: one round trip for many updates';
 COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';
 COMMENT ON FUNCTION regstage.retry_update(bigint) IS 're-queues an update parked as failed; false when there is none';
 COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body a decodable update with this update_id';

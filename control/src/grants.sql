@@ -7,6 +7,7 @@
 -------------------------------------------------------------------------------
 REVOKE ALL ON ALL TABLES IN SCHEMA regstage FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA regstage FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA regstage FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA regstage FROM PUBLIC;
 
 -- What a bot (or the relay) may call; the one list grant and revoke share.
@@ -30,6 +31,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.handle_update(jsonb)'),
 		   ('regstage.store_updates(bigint[], bytea[], boolean)'),
 		   ('regstage.process_next(boolean, bigint)'),
+		   ('regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint)'),
 		   ('regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[])'),
 		   ('regstage.outbox_report(bigint, integer, text, integer)'),
 		   ('regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval)'),
@@ -47,7 +49,7 @@ BEGIN
 	EXECUTE format('GRANT USAGE ON SCHEMA regstage TO %s', role);
 	EXECUTE format('GRANT SELECT ON regstage.messages TO %s', role);
 	FOR f IN SELECT * FROM regstage.bot_functions() LOOP
-		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role);
+		EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s', f, role);
 	END LOOP;
 END
 $$;
@@ -60,7 +62,7 @@ DECLARE
 	f regprocedure;
 BEGIN
 	FOR f IN SELECT * FROM regstage.bot_functions() LOOP
-		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %s', f, role);
+		EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM %s', f, role);
 	END LOOP;
 	EXECUTE format('REVOKE SELECT ON regstage.messages FROM %s', role);
 	EXECUTE format('REVOKE USAGE ON SCHEMA regstage FROM %s', role);
@@ -70,3 +72,4 @@ COMMENT ON FUNCTION regstage.revoke_bot_access(regrole) IS
 	'revokes what grant_bot_access() granted';
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA regstage FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA regstage FROM PUBLIC;

@@ -244,6 +244,39 @@ BEGIN
 END
 $$;
 
+-- Process in a loop: process_next() up to max_updates times in one call,
+-- each update in its own transaction (committed here, so what one update
+-- decided goes out whatever the next one does).  For a processor that
+-- keeps up with a busy bot, the round trip per update (the statement sent,
+-- parsed and answered, both ends woken) cost about as much as the claim;
+-- here it is paid once per call.  Stops when nothing is due, after
+-- max_updates, or once max_ms have passed (the caller, who wakes its sender
+-- after each call, hears of the replies that much later).  after_update as
+-- process_next's; each next update is looked for after the one handled
+-- before it.  Returns how many were handled and the last one's update_id.
+-- A procedure that commits: CALL it outside a transaction block.
+CREATE OR REPLACE PROCEDURE regstage.process_next_batch(max_updates integer DEFAULT 16, max_ms integer DEFAULT 5,
+														 notify boolean DEFAULT true, after_update bigint DEFAULT NULL,
+														 INOUT handled integer DEFAULT NULL,
+														 INOUT last_update bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+	stop_at timestamptz := clock_timestamp() + greatest(max_ms, 0) * interval '1 millisecond';
+	done_update bigint;
+BEGIN
+	handled := 0;
+	last_update := NULL;
+	LOOP
+		done_update := regstage.process_next(notify, coalesce(last_update, after_update));
+		EXIT WHEN done_update IS NULL;
+		COMMIT;
+		handled := handled + 1;
+		last_update := done_update;
+		EXIT WHEN handled >= max_updates OR clock_timestamp() >= stop_at;
+	END LOOP;
+END
+$$;
+
 -- Re-queue a parked (or any) update: processed again as if new.
 CREATE OR REPLACE FUNCTION regstage.retry_update(id bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -60,7 +60,8 @@ DECLARE
 	member text;
 BEGIN
 	FOR member IN
-		SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
+		-- (a procedure is described as a function; ROUTINE names both)
+		SELECT regexp_replace(pg_describe_object(classid, objid, 0), '^function ', 'routine ') FROM pg_depend
 		 WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
 		   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_regstage')
 	LOOP
