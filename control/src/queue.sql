@@ -334,16 +334,17 @@ $$;
 CREATE OR REPLACE FUNCTION regstage.outbox_notify()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF current_setting('regstage.queue_notify')::boolean THEN
-		PERFORM pg_notify('regstage_outbox', '');
-	END IF;
+	PERFORM pg_notify('regstage_outbox', '');
 	RETURN NULL;
 END
 $$;
 
+-- (the setting is read in WHEN: with it off, as in the relay's own
+-- transactions, no function is called at all)
 CREATE OR REPLACE TRIGGER outbox_notify
 	AFTER INSERT ON regstage.outbox
-	FOR EACH STATEMENT EXECUTE FUNCTION regstage.outbox_notify();
+	FOR EACH STATEMENT WHEN (current_setting('regstage.queue_notify')::boolean)
+	EXECUTE FUNCTION regstage.outbox_notify();
 
 -- Send: claim due calls of up to max_calls chats, for lease.  Of each chat
 -- its oldest pending call is claimed (leased, its attempt counted); with
