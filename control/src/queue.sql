@@ -124,6 +124,12 @@ $$;
 -- generic plan looking dearer than one made for a one-element array: a
 -- quarter of the sender's CPU went to the planner.
 --
+-- The update claimed is marked done at once, in the statement that locks
+-- it: one statement, not a lock and an update (it was a tenth of
+-- process_next's work), and in the caller's transaction, so nobody sees it
+-- done before that commits; process_next puts it back when applying it
+-- fails.  attempts comes back as it was before the claim.
+--
 -- after_update: only updates after it are looked at.  A transaction held
 -- open (a commit blocked on a lock, a slow download) keeps every update
 -- processed meanwhile in inbox_pending, and a walk from the first one steps
@@ -141,31 +147,36 @@ SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off S
 SET enable_sort = off SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
 	IF after_update IS NOT NULL THEN
-		SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
-		  FROM regstage.inbox i
-		 WHERE i.status = 'pending' AND i.next_attempt_at > i.received_at AND i.next_attempt_at <= now()
-		   AND (i.chat_id IS NULL
-				OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
-												WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
-												ORDER BY e.chat_id, e.update_id LIMIT 1))
-		 ORDER BY i.next_attempt_at
-		 LIMIT 1
-		 FOR UPDATE SKIP LOCKED;
+		UPDATE regstage.inbox d SET status = 'done', attempts = d.attempts + 1, processed_at = now(),
+			   sqlstate = NULL, last_error = NULL
+		 WHERE d.update_id = (SELECT i.update_id FROM regstage.inbox i
+							   WHERE i.status = 'pending' AND i.next_attempt_at > i.received_at
+								 AND i.next_attempt_at <= now()
+								 AND (i.chat_id IS NULL
+									  OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
+																	  WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
+																	  ORDER BY e.chat_id, e.update_id LIMIT 1))
+							   ORDER BY i.next_attempt_at
+							   LIMIT 1
+							   FOR UPDATE SKIP LOCKED)
+		RETURNING d.update_id, d.chat_id, d.body, d.attempts - 1 INTO update_id, chat_id, body, attempts;
 		IF update_id IS NOT NULL THEN
 			RETURN;
 		END IF;
 	END IF;
-	SELECT i.update_id, i.chat_id, i.body, i.attempts INTO update_id, chat_id, body, attempts
-	  FROM regstage.inbox i
-	 WHERE i.status = 'pending' AND i.update_id > coalesce(after_update, -9223372036854775808)
-	   AND i.next_attempt_at <= greatest(now(), i.received_at)
-	   AND (i.chat_id IS NULL			-- no chat: no order to keep
-			OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
-											WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
-											ORDER BY e.chat_id, e.update_id LIMIT 1))
-	 ORDER BY i.update_id
-	 LIMIT 1
-	 FOR UPDATE SKIP LOCKED;
+	UPDATE regstage.inbox d SET status = 'done', attempts = d.attempts + 1, processed_at = now(),
+		   sqlstate = NULL, last_error = NULL
+	 WHERE d.update_id = (SELECT i.update_id FROM regstage.inbox i
+						   WHERE i.status = 'pending' AND i.update_id > coalesce(after_update, -9223372036854775808)
+							 AND i.next_attempt_at <= greatest(now(), i.received_at)
+							 AND (i.chat_id IS NULL			-- no chat: no order to keep
+								  OR (i.chat_id, i.update_id) = (SELECT e.chat_id, e.update_id FROM regstage.inbox e
+																  WHERE e.status = 'pending' AND e.chat_id >= i.chat_id
+																  ORDER BY e.chat_id, e.update_id LIMIT 1))
+						   ORDER BY i.update_id
+						   LIMIT 1
+						   FOR UPDATE SKIP LOCKED)
+	RETURNING d.update_id, d.chat_id, d.body, d.attempts - 1 INTO update_id, chat_id, body, attempts;
 END
 $$;
 
@@ -178,8 +189,8 @@ DECLARE
 	message text;
 	max_attempts integer := current_setting('regstage.max_attempts')::integer;
 	notify_was text;
-	applied boolean := false;
 BEGIN
+	-- claimed, and marked done (put back below if applying it fails)
 	SELECT c.update_id, c.chat_id, c.body, c.attempts INTO u FROM regstage.inbox_claim(after_update) c;
 	IF u.update_id IS NULL THEN
 		RETURN NULL;
@@ -205,38 +216,32 @@ BEGIN
 			   c->>'method', coalesce(c->'params', '{}'), u.update_id
 		  FROM jsonb_array_elements(calls) WITH ORDINALITY AS a(c, n)
 		 ORDER BY n;
-		applied := true;
 	EXCEPTION WHEN OTHERS OR query_canceled THEN
 		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+		-- (the claim marked it done: put back as it should be.  In this
+		-- transaction, not in the block's subtransaction: a row this
+		-- transaction changed and its subtransaction changed again would get
+		-- a MultiXact as its xmax, which every other claim looks up)
 		IF regstage.is_outage(state) THEN
-			UPDATE regstage.inbox SET next_attempt_at = now() + interval '5 seconds',
-				   sqlstate = state, last_error = message
+			UPDATE regstage.inbox SET status = 'pending', attempts = u.attempts, processed_at = NULL,
+				   next_attempt_at = now() + interval '5 seconds', sqlstate = state, last_error = message
 			 WHERE update_id = u.update_id;
 			RAISE LOG 'pg_regstage: update % waits for an outage to end (%): %', u.update_id, state, message;
 		ELSIF u.attempts + 1 >= max_attempts THEN
-			UPDATE regstage.inbox SET status = 'failed', attempts = attempts + 1, processed_at = now(),
+			UPDATE regstage.inbox SET status = 'failed', attempts = u.attempts + 1, processed_at = now(),
 				   sqlstate = state, last_error = message
 			 WHERE update_id = u.update_id;
 			RAISE WARNING 'pg_regstage: update % parked after % failed attempts (%): %',
 				u.update_id, u.attempts + 1, state, message;
 		ELSE
-			UPDATE regstage.inbox SET attempts = attempts + 1, sqlstate = state, last_error = message,
+			UPDATE regstage.inbox SET status = 'pending', attempts = u.attempts + 1, processed_at = NULL,
+				   sqlstate = state, last_error = message,
 				   next_attempt_at = now() + least(power(2, u.attempts + 1), 300) * interval '1 second'
 			 WHERE update_id = u.update_id;
 			RAISE LOG 'pg_regstage: update % failed, attempt % of % (%): %',
 				u.update_id, u.attempts + 1, max_attempts, state, message;
 		END IF;
 	END;
-	-- Done, marked here rather than inside the block above: a row locked by
-	-- this transaction and updated by its subtransaction gets a MultiXact
-	-- as its xmax (the lock must outlive a rollback of the update), and
-	-- every other processor's claim then looks up its members (2 % of their
-	-- CPU in the relay benchmark).
-	IF applied THEN
-		UPDATE regstage.inbox SET status = 'done', attempts = attempts + 1, processed_at = now(),
-			   sqlstate = NULL, last_error = NULL
-		 WHERE update_id = u.update_id;
-	END IF;
 	IF notify_was IS NOT NULL THEN
 		PERFORM set_config('regstage.queue_notify', notify_was, true);
 	END IF;
