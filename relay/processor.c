@@ -157,6 +157,8 @@ processor_main(void *arg)
 
 			/* process_next handles the update's own errors: this is an outage */
 			db_error_line(PQresultErrorMessage(res), msg, sizeof(msg));
+			/* updates the call applied before it failed are committed */
+			sender_wake();
 			relay_log(LOG_ERROR, "%s: process_next failed (%s), retrying: %s", who,
 					  state ? state : "connection", msg);
 			PQclear(res);

@@ -709,7 +709,8 @@ sender_main(void *arg)
 	bool		want_claim = true;
 	bool		notified = false;	/* calls were queued since the last claim */
 	long		last_claim = 0;
-	long		last_report = 0;
+	long		report_due = 0;	/* answers held are reported from then on */
+	bool		report_failed = false;
 	long		drain_until = 0;
 	int			failures = 0;
 
@@ -759,23 +760,29 @@ sender_main(void *arg)
 				continue;
 			}
 			if (conn)
+			{
 				failures = 0;
+				report_failed = false;	/* a new connection reports at once */
+				report_due = 0;
+			}
 		}
 		/*
 		 * A report costs a statement whatever it carries: while other calls
 		 * are still in flight, their answers are waited for a moment (at
 		 * most REPORT_GAP_MS since the last report) and go in the same one.
 		 * Answered alone, one by one, the reports were the larger half of
-		 * the sender's database CPU under load.
+		 * the sender's database CPU under load.  A report the database
+		 * refused (disk full, read-only) is tried again a second later.
 		 */
 		if (conn && count(SLOT_REPORTING) > 0 &&
-			(count(SLOT_SENDING) == 0 || draining || fatal || relay_now_ms() - last_report >= REPORT_GAP_MS))
+			(draining || fatal || relay_now_ms() >= report_due || (!report_failed && count(SLOT_SENDING) == 0)))
 		{
 			bool		freed = false;
 			bool		go_on = !fatal && (!draining || relay_now_ms() < drain_until);
 
-			last_report = relay_now_ms();
-			if (!report(conn, multi, go_on, &freed) && !db_usable(conn))
+			report_failed = !report(conn, multi, go_on, &freed);
+			report_due = relay_now_ms() + (report_failed ? IDLE_WAIT_MS : REPORT_GAP_MS);
+			if (report_failed && !db_usable(conn))
 				db_drop(&conn);
 			if (freed)
 				want_claim = true;	/* a slot for another chat */
@@ -820,7 +827,7 @@ sender_main(void *arg)
 		if (count(SLOT_REPORTING) > 0 && conn)
 		{
 			/* answers held for the next report: wake when it is due */
-			long		due = last_report + REPORT_GAP_MS - relay_now_ms();
+			long		due = report_due - relay_now_ms();
 
 			wait_ms = due < 0 ? 0 : (due < wait_ms ? due : wait_ms);
 		}

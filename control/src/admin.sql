@@ -251,9 +251,10 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
 $$;
 
 -- Bot API call builders for the review messages.
+-- (STABLE like send_message_call: so they are inlined)
 CREATE OR REPLACE FUNCTION regstage.answer_callback_call(callback_query_id text, text text DEFAULT NULL,
 														 show_alert boolean DEFAULT false)
-RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+RETURNS jsonb LANGUAGE sql STABLE AS $$
 	SELECT jsonb_build_object('method', 'answerCallbackQuery', 'params', jsonb_strip_nulls(jsonb_build_object(
 		'callback_query_id', callback_query_id, 'text', text,
 		'show_alert', CASE WHEN show_alert THEN true END)))
@@ -261,7 +262,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION regstage.edit_message_call(chat_id bigint, message_id bigint, text text,
 													  reply_markup jsonb DEFAULT NULL)
-RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+RETURNS jsonb LANGUAGE sql STABLE AS $$
 	SELECT CASE WHEN text IS NULL THEN
 		jsonb_build_object('method', 'editMessageReplyMarkup', 'params', jsonb_strip_nulls(jsonb_build_object(
 			'chat_id', chat_id, 'message_id', message_id, 'reply_markup', reply_markup)))

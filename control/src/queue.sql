@@ -218,13 +218,16 @@ BEGIN
 		 ORDER BY n;
 	EXCEPTION WHEN OTHERS OR query_canceled THEN
 		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-		-- (the claim marked it done: put back as it should be.  In this
-		-- transaction, not in the block's subtransaction: a row this
+		-- (the claim marked it done: put back as it should be, its wait
+		-- counted from no earlier than its arrival, so that it is "put off"
+		-- even for a claimer whose transaction began before it came.  In
+		-- this transaction, not in the block's subtransaction: a row this
 		-- transaction changed and its subtransaction changed again would get
 		-- a MultiXact as its xmax, which every other claim looks up)
 		IF regstage.is_outage(state) THEN
 			UPDATE regstage.inbox SET status = 'pending', attempts = u.attempts, processed_at = NULL,
-				   next_attempt_at = now() + interval '5 seconds', sqlstate = state, last_error = message
+				   next_attempt_at = greatest(now(), received_at) + interval '5 seconds',
+				   sqlstate = state, last_error = message
 			 WHERE update_id = u.update_id;
 			RAISE LOG 'pg_regstage: update % waits for an outage to end (%): %', u.update_id, state, message;
 		ELSIF u.attempts + 1 >= max_attempts THEN
@@ -236,7 +239,8 @@ BEGIN
 		ELSE
 			UPDATE regstage.inbox SET status = 'pending', attempts = u.attempts + 1, processed_at = NULL,
 				   sqlstate = state, last_error = message,
-				   next_attempt_at = now() + least(power(2, u.attempts + 1), 300) * interval '1 second'
+				   next_attempt_at = greatest(now(), received_at)
+									 + least(power(2, u.attempts + 1), 300) * interval '1 second'
 			 WHERE update_id = u.update_id;
 			RAISE LOG 'pg_regstage: update % failed, attempt % of % (%): %',
 				u.update_id, u.attempts + 1, max_attempts, state, message;
@@ -266,9 +270,13 @@ CREATE OR REPLACE PROCEDURE regstage.process_next_batch(max_updates integer DEFA
 														 INOUT last_update bigint DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-	stop_at timestamptz := clock_timestamp() + greatest(max_ms, 0) * interval '1 millisecond';
+	-- (float8: an integer * interval has no operator in pg_catalog, and this
+	-- procedure, which commits, cannot pin its search_path with SET)
+	stop_at timestamptz := clock_timestamp()
+						   + greatest(coalesce(max_ms, 5), 0)::float8 * interval '1 millisecond';
 	done_update bigint;
 BEGIN
+	max_updates := coalesce(max_updates, 16);
 	handled := 0;
 	last_update := NULL;
 	LOOP
