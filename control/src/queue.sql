@@ -190,8 +190,10 @@ DECLARE
 	max_attempts integer := current_setting('regstage.max_attempts')::integer;
 	notify_was text;
 BEGIN
-	-- claimed, and marked done (put back below if applying it fails)
-	SELECT c.update_id, c.chat_id, c.body, c.attempts INTO u FROM regstage.inbox_claim(after_update) c;
+	-- claimed, and marked done (put back below if applying it fails); an
+	-- assignment, which PL/pgSQL evaluates without starting an executor
+	-- (a SELECT from the function materialized its one row per update)
+	u := regstage.inbox_claim(after_update);
 	IF u.update_id IS NULL THEN
 		RETURN NULL;
 	END IF;
