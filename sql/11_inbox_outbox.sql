@@ -271,10 +271,23 @@ CALL regstage.process_next_batch();
 SELECT count(*) AS replies FROM regstage.outbox;
 -- it commits: inside a transaction block it refuses (2D000), nothing applied
 SELECT regstage.store_updates(ARRAY[3205], ARRAY[regstage_test.raw(regstage_test.text(3205, 30204, '/start', 'en'))]) AS stored;
+\set VERBOSITY terse
 BEGIN;
 CALL regstage.process_next_batch();
 ROLLBACK;
+\set VERBOSITY default
 SELECT update_id, status FROM regstage.inbox WHERE update_id = 3205;
 CALL regstage.process_next_batch();
+-- retries_first: after a cursor, an update whose retry wait ended (here
+-- 3301, put off a millisecond) comes first; with false it is not looked for
+TRUNCATE regstage.inbox, regstage.outbox;
+SELECT regstage.store_updates(ARRAY[3301, 3302],
+	ARRAY[regstage_test.raw(regstage_test.text(3301, 30301, '/start', 'en')),
+		  regstage_test.raw(regstage_test.text(3302, 30302, '/start', 'en'))]) AS stored;
+UPDATE regstage.inbox SET next_attempt_at = received_at + interval '1 millisecond' WHERE update_id = 3301;
+SELECT pg_sleep(0.01);
+SELECT regstage.process_next(true, 3301, false) AS handled;
+SELECT regstage.process_next(true, 3302, false) AS handled;
+SELECT regstage.process_next(true, 3302) AS handled;
 
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

@@ -66,8 +66,8 @@ COMMENT ON VIEW regstage.queue_status IS 'inbox and outbox now: pending, waiting
 COMMENT ON FUNCTION regstage.update_chat_id(jsonb) IS 'the chat an update belongs to (the order key of the inbox)';
 COMMENT ON FUNCTION regstage.inbox_decode() IS 'trigger: decodes a raw update as it is stored; parks what cannot be decoded';
 COMMENT ON FUNCTION regstage.store_updates(bigint[], bytea[], boolean) IS 'stores raw updates in the inbox in the caller''s transaction; returns how many were new';
-COMMENT ON FUNCTION regstage.inbox_claim(bigint) IS 'process_next''s claim: the oldest due pending update (after after_update) of a chat nobody is processing, locked and marked done (process_next puts it back if applying it fails)';
-COMMENT ON FUNCTION regstage.process_next(boolean, bigint) IS 'applies the oldest due update (after after_update) of one chat and queues its replies; NULL when nothing is due';
+COMMENT ON FUNCTION regstage.inbox_claim(bigint, boolean) IS 'process_next''s claim: the oldest due pending update (after after_update) of a chat nobody is processing, locked and marked done (process_next puts it back if applying it fails)';
+COMMENT ON FUNCTION regstage.process_next(boolean, bigint, boolean) IS 'applies the oldest due update (after after_update; retries whose wait ended first unless retries_first is false) of one chat and queues its replies; NULL when nothing is due';
 COMMENT ON PROCEDURE regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint) IS
 	'process_next() up to max_updates times (or max_ms), committing each: one round trip for many updates';
 COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';

@@ -30,7 +30,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.commit_registration(bigint)'),
 		   ('regstage.handle_update(jsonb)'),
 		   ('regstage.store_updates(bigint[], bytea[], boolean)'),
-		   ('regstage.process_next(boolean, bigint)'),
+		   ('regstage.process_next(boolean, bigint, boolean)'),
 		   ('regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint)'),
 		   ('regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[])'),
 		   ('regstage.outbox_report(bigint, integer, text, integer)'),

@@ -138,15 +138,17 @@ $$;
 -- the first of each batch their receiver stores, and from the start every
 -- 10 s (updates stored out of order, those of a processor that died).  With
 -- after_update, an update whose retry wait ended (inbox_deferred) comes
--- first.
-CREATE OR REPLACE FUNCTION regstage.inbox_claim(after_update bigint DEFAULT NULL,
+-- first, unless retries_first is false: process_next_batch() looks for one
+-- once per call, not before every update (the look is a statement, a few
+-- per cent of an update's work).
+CREATE OR REPLACE FUNCTION regstage.inbox_claim(after_update bigint DEFAULT NULL, retries_first boolean DEFAULT true,
 											   OUT update_id bigint, OUT chat_id bigint, OUT body bytea,
 											   OUT attempts integer)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET enable_sort = off SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
-	IF after_update IS NOT NULL THEN
+	IF after_update IS NOT NULL AND retries_first THEN
 		UPDATE regstage.inbox d SET status = 'done', attempts = d.attempts + 1, processed_at = now(),
 			   sqlstate = NULL, last_error = NULL
 		 WHERE d.update_id = (SELECT i.update_id FROM regstage.inbox i
@@ -180,7 +182,8 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION regstage.process_next(notify boolean DEFAULT true, after_update bigint DEFAULT NULL)
+CREATE OR REPLACE FUNCTION regstage.process_next(notify boolean DEFAULT true, after_update bigint DEFAULT NULL,
+												 retries_first boolean DEFAULT true)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	u record;
@@ -193,7 +196,7 @@ BEGIN
 	-- claimed, and marked done (put back below if applying it fails); an
 	-- assignment, which PL/pgSQL evaluates without starting an executor
 	-- (a SELECT from the function materialized its one row per update)
-	u := regstage.inbox_claim(after_update);
+	u := regstage.inbox_claim(after_update, retries_first);
 	IF u.update_id IS NULL THEN
 		RETURN NULL;
 	END IF;
@@ -282,7 +285,8 @@ BEGIN
 	handled := 0;
 	last_update := NULL;
 	LOOP
-		done_update := regstage.process_next(notify, coalesce(last_update, after_update));
+		-- updates whose retry wait ended: looked for before the first only
+		done_update := regstage.process_next(notify, coalesce(last_update, after_update), last_update IS NULL);
 		EXIT WHEN done_update IS NULL;
 		COMMIT;
 		handled := handled + 1;

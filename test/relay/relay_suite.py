@@ -191,14 +191,14 @@ def sigkill_stages():
     fast = {"RELAY_SEND_TIMEOUT": "2"}          # a dead relay's claim ends 7 s later
     twice = 0
     # (1) stored, not processed: processors lack process_next
-    env.sql("REVOKE EXECUTE ON FUNCTION regstage.process_next(boolean, bigint) FROM relay_bot")
+    env.sql("REVOKE EXECUTE ON FUNCTION regstage.process_next(boolean, bigint, boolean) FROM relay_bot")
     try:
         r = Relay(env, extra_env=fast)
         uid = env.inject([text(34001, "/start")])["update_ids"][0]
         wait_for(lambda: inbox(uid) == "pending", 10, "the update stored")
         r.stop(signal.SIGKILL)
     finally:
-        env.sql("GRANT EXECUTE ON FUNCTION regstage.process_next(boolean, bigint) TO relay_bot")
+        env.sql("GRANT EXECUTE ON FUNCTION regstage.process_next(boolean, bigint, boolean) TO relay_bot")
     r = Relay(env, extra_env=fast)
     wait_for(lambda: replies_at(34001), 10, "(1) the reply after the restart")
     # (2) mid-processing
