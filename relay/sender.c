@@ -819,11 +819,12 @@ sender_main(void *arg)
 			extra.fd = PQsocket(conn);
 			nextra = extra.fd >= 0;
 		}
-		wait_ms = want_claim ? 0 : IDLE_WAIT_MS;
+		/* (with every slot busy, a claim waits for one to free: no spinning) */
+		wait_ms = want_claim && count(SLOT_FREE) > 0 ? 0 : IDLE_WAIT_MS;
 		if (notified && count(SLOT_FREE) > 0)
 			wait_ms = NOTIFY_GAP_MS;
 		if (draining)
-			wait_ms = want_claim ? 0 : 50;
+			wait_ms = want_claim && count(SLOT_FREE) > 0 ? 0 : 50;
 		if (count(SLOT_REPORTING) > 0 && conn)
 		{
 			/* answers held for the next report: wake when it is due */
