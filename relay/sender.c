@@ -714,6 +714,7 @@ sender_main(void *arg)
 	bool		report_failed = false;
 	long		drain_until = 0;
 	int			failures = 0;
+	long		next_connect = 0;	/* while calls are in flight, no connection attempt before */
 
 	for (;;)
 	{
@@ -743,9 +744,23 @@ sender_main(void *arg)
 		}
 		if (!db_usable(conn))
 		{
+			bool		tried = false;
+
 			prepared_on = NULL; /* a new connection may get the old one's address */
 			news_reset();		/* maybe another server now: its first claim looks at everything */
-			if (db_try(&conn, "regstage_outbox", "sender") == NULL && count(SLOT_SENDING) == 0)
+			/*
+			 * With calls in flight the loop goes on without a connection (the
+			 * transfers need none), and tries one with the same backoff as
+			 * below: each attempt may take connect_timeout.
+			 */
+			if (count(SLOT_SENDING) == 0 || relay_now_ms() >= next_connect)
+			{
+				tried = true;
+				db_try(&conn, "regstage_outbox", "sender");
+			}
+			else
+				db_drop(&conn);
+			if (conn == NULL && count(SLOT_SENDING) == 0)
 			{
 				if (fatal || (draining && (count(SLOT_REPORTING) == 0 || relay_now_ms() > drain_until)))
 					break;
@@ -766,6 +781,8 @@ sender_main(void *arg)
 				report_failed = false;	/* a new connection reports at once */
 				report_due = 0;
 			}
+			else if (tried)
+				next_connect = relay_now_ms() + relay_backoff_ms(250, failures++);
 		}
 		/*
 		 * A report costs a statement whatever it carries: while other calls
@@ -776,7 +793,8 @@ sender_main(void *arg)
 		 * refused (disk full, read-only) is tried again a second later.
 		 */
 		if (conn && count(SLOT_REPORTING) > 0 &&
-			(draining || fatal || relay_now_ms() >= report_due || (!report_failed && count(SLOT_SENDING) == 0)))
+			((draining && !report_failed) || fatal || relay_now_ms() >= report_due ||
+			 (!report_failed && count(SLOT_SENDING) == 0)))
 		{
 			bool		freed = false;
 			bool		go_on = !fatal && (!draining || relay_now_ms() < drain_until);
@@ -817,7 +835,13 @@ sender_main(void *arg)
 		}
 		if ((draining && relay_now_ms() >= drain_until) || fatal)
 		{
-			if (count(SLOT_SENDING) == 0 && (count(SLOT_REPORTING) == 0 || conn == NULL || fatal))
+			/*
+			 * (answers the database keeps refusing to take — read-only, disk
+			 * full — are not waited for either: their calls go again when
+			 * their leases end, as logged below)
+			 */
+			if (count(SLOT_SENDING) == 0 &&
+				(count(SLOT_REPORTING) == 0 || conn == NULL || fatal || report_failed))
 				break;
 		}
 		curl_multi_perform(multi, &running);
@@ -833,13 +857,16 @@ sender_main(void *arg)
 		 * busy, a claim waits for one to free: no spinning).
 		 */
 		wait_ms = IDLE_WAIT_MS;
-		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) &&
-			count(SLOT_FREE) > 0 && (want_claim || notified))
+		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) && count(SLOT_FREE) > 0)
 		{
-			wait_ms = want_claim && count(SLOT_SENDING) == 0 ? 0 :
-				(want_claim ? CLAIM_GAP_MS : NOTIFY_GAP_MS) - (relay_now_ms() - last_claim);
+			long		gap = want_claim ? (count(SLOT_SENDING) == 0 ? 0 : CLAIM_GAP_MS) :
+				notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS;
+
+			wait_ms = gap - (relay_now_ms() - last_claim);
 			if (wait_ms < 0)
 				wait_ms = 0;
+			if (wait_ms > IDLE_WAIT_MS)
+				wait_ms = IDLE_WAIT_MS;
 		}
 		if (draining && wait_ms > 50)
 			wait_ms = 50;

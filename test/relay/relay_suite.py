@@ -455,6 +455,40 @@ def _():
     wait_for(lambda: env.calls(30018), 20, "the reply once store_updates is allowed again")
 
 
+@case("a report the database refuses", "outbox_report_batch refused (EXECUTE revoked): the call Telegram took "
+      "stays leased, not sent again meanwhile; SIGTERM still stops the relay within the 5 s drain, logging the "
+      "unreported call; after its lease (RELAY_SEND_TIMEOUT=2 + 5 s) the next relay sends it again and marks it sent")
+def _():
+    global relay
+    report = "regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval)"
+    relay.stop()
+    since = log_from()
+    short = Relay(env, extra_env={"RELAY_SEND_TIMEOUT": "2"})
+    env.sql("REVOKE EXECUTE ON FUNCTION %s FROM relay_bot" % report)
+    try:
+        env.sql("SELECT regstage.send_message(36201, 'unreported')")
+        wait_for(lambda: env.calls(36201), 5, "the message at the stand-in")
+        wait_for(lambda: "outbox_report_batch of 1 calls failed" in since(), 10, "the refused report logged")
+        time.sleep(1.5)
+        assert len(env.calls(36201)) == 1, "sent again while its lease holds"
+        t0 = time.time()
+        rc = short.stop(signal.SIGTERM, timeout=30)
+        took = time.time() - t0
+        print("    stopped in %.1f s with the report refused" % took)
+        assert rc == 0, "exit code %s" % rc
+        assert took < 9, "stopping took %.1f s" % took
+        assert "answered 200 but not reported" in since(), since()[-2000:]
+        assert env.sql("SELECT status FROM regstage.outbox WHERE chat_id = 36201") == "pending"
+    finally:
+        env.sql("GRANT EXECUTE ON FUNCTION %s TO relay_bot" % report)
+        relay = Relay(env, extra_env={"RELAY_SEND_TIMEOUT": "2"})
+    wait_for(lambda: env.sql("SELECT status FROM regstage.outbox WHERE chat_id = 36201") == "sent", 30,
+             "the call sent again after its lease and marked sent")
+    assert len(env.calls(36201)) == 2, "sent %d times" % len(env.calls(36201))
+    relay.stop()
+    relay = Relay(env)
+
+
 @case("PostgreSQL restart", "updates sent while the database restarts are held and applied after")
 def _():
     env.pg_ctl("stop", "-m", "fast")
