@@ -695,6 +695,20 @@ count(SlotState st)
 	return n;
 }
 
+/*
+ * How long after the last claim the next one may run: at once for a freed
+ * slot with no other call in flight, CLAIM_GAP_MS for one freed while others
+ * are (more may free meanwhile), NOTIFY_GAP_MS after a wake-up, else the
+ * idle poll's IDLE_WAIT_MS.  The claim and the poll's timeout both ask here.
+ */
+static long
+claim_gap_ms(bool want_claim, bool notified)
+{
+	if (want_claim)
+		return count(SLOT_SENDING) == 0 ? 0 : CLAIM_GAP_MS;
+	return notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS;
+}
+
 /* A processor queued calls: claim them now rather than at the next poll. */
 void
 sender_wake(void)
@@ -724,6 +738,7 @@ sender_main(void *arg)
 		struct curl_waitfd extra = {.events = CURL_WAIT_POLLIN};
 		int			nextra = 0;
 		long		wait_ms;
+		bool		claims_open;	/* not stopping, or still draining */
 
 		if (draining && drain_until == 0)
 			drain_until = relay_now_ms() + DRAIN_MAX_MS;
@@ -813,9 +828,8 @@ sender_main(void *arg)
 		 * all.  Under load, one claim per freed slot was a third of the
 		 * sender's statements.
 		 */
-		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) &&
-			((want_claim && (count(SLOT_SENDING) == 0 || relay_now_ms() - last_claim >= CLAIM_GAP_MS)) ||
-			 relay_now_ms() - last_claim >= (notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS)))
+		claims_open = !fatal && (!draining || relay_now_ms() < drain_until);
+		if (conn && claims_open && relay_now_ms() - last_claim >= claim_gap_ms(want_claim, notified))
 		{
 			int			room = count(SLOT_FREE);
 
@@ -853,16 +867,13 @@ sender_main(void *arg)
 			nextra = extra.fd >= 0;
 		}
 		/*
-		 * Until the next claim the condition above allows (with every slot
-		 * busy, a claim waits for one to free: no spinning).
+		 * Until the next claim is allowed (with every slot busy, a claim
+		 * waits for one to free: no spinning).
 		 */
 		wait_ms = IDLE_WAIT_MS;
-		if (conn && !fatal && (!draining || relay_now_ms() < drain_until) && count(SLOT_FREE) > 0)
+		if (conn && claims_open && count(SLOT_FREE) > 0)
 		{
-			long		gap = want_claim ? (count(SLOT_SENDING) == 0 ? 0 : CLAIM_GAP_MS) :
-				notified ? NOTIFY_GAP_MS : IDLE_WAIT_MS;
-
-			wait_ms = gap - (relay_now_ms() - last_claim);
+			wait_ms = claim_gap_ms(want_claim, notified) - (relay_now_ms() - last_claim);
 			if (wait_ms < 0)
 				wait_ms = 0;
 			if (wait_ms > IDLE_WAIT_MS)
