@@ -41,6 +41,7 @@ char	   *regstage_pdf_documents = NULL;
 int			regstage_max_attempts = 5;
 int			regstage_retention_s = 7 * 86400;
 bool		regstage_queue_notify = true;
+bool		regstage_inbox_async_commit = true;
 char	   *regstage_admin_chat_id = NULL;
 int			regstage_rejected_retention_s = 30 * 86400;
 char	   *regstage_upload_dir = NULL;
@@ -568,6 +569,11 @@ regstage_define_gucs(void)
 							 "NOTIFY regstage_inbox / regstage_outbox at the commit of a transaction that stored updates or queued Bot API calls.",
 							 "Off: processors and senders find the work by polling (about once a second) or by their own wake-up.",
 							 &regstage_queue_notify, true,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("regstage.inbox_async_commit",
+							 "process_next_batch() commits an update that changed nothing outside the database without waiting for its WAL flush.",
+							 "Its replies wait for that flush instead: outbox_claim() commits synchronously whatever it hands out. Off: every update's commit waits for its flush, as synchronous_commit says.",
+							 &regstage_inbox_async_commit, true,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("regstage.admin_chat_id",
 							   "Telegram chat that gets the review of each new registration (0: each admin's own chat).",

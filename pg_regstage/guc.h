@@ -28,6 +28,7 @@ extern char *regstage_pdf_documents;	/* read by the conversation (SQL) */
 /* inbox and outbox (read by their SQL functions) */
 extern int	regstage_max_attempts;
 extern bool regstage_queue_notify;
+extern bool regstage_inbox_async_commit;
 extern int	regstage_retention_s;
 
 /* admin review (read by its SQL functions) */

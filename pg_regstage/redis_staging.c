@@ -18,6 +18,7 @@
 #include "guc.h"
 #include "redis.h"
 #include "redis_staging.h"
+#include "xact.h"
 
 #define KEY_BUFSIZE 128
 
@@ -77,6 +78,7 @@ redis_write_with_ttl(int64 telegram_id, RedisCommand *write)
 	n = add_expire_all(cmds, n, keys, ttlbuf);
 	redis_cmd_init(&cmds[n]);
 	redis_cmd_arg(&cmds[n++], "EXEC");
+	xact_note_outside_change();	/* before: a reply lost to a timeout may follow a write */
 	(void) redis_roundtrip(cmds, n);
 }
 
@@ -303,6 +305,8 @@ redis_stage_text_answer(int64 telegram_id, const char *username, const char *con
 				 errmsg("Redis at %s answered the staging script with an unexpected reply", redis_address())));
 	*step = r->elem[0]->str;
 	*wrote = (r->elem[1]->integer == 1);
+	if (*wrote)
+		xact_note_outside_change();
 	return staged_from_replies(&r->elem[2], keys[0]);
 }
 
@@ -357,6 +361,7 @@ redis_clear(int64 telegram_id)
 	RedisValue **replies;
 
 	build_del(&del, keys, telegram_id);
+	xact_note_outside_change();
 	replies = redis_roundtrip(&del, 1);
 	return replies[0]->integer > 0;
 }
@@ -372,6 +377,7 @@ redis_clear_nothrow(int64 telegram_id, char *errbuf, size_t errlen)
 	RedisCommand del;
 
 	build_del(&del, keys, telegram_id);
+	xact_note_outside_change();
 	return redis_roundtrip_nothrow(&del, 1, Min(regstage_redis_timeout_ms, 1000), errbuf, errlen);
 }
 

@@ -28,6 +28,10 @@
  *                drop its actions
  *   COMMIT_SUB   hand its actions to the parent
  *
+ * Apart from the list, one flag: whether the transaction changed anything
+ * outside the database (xact_note_outside_change), which
+ * regstage.xact_changed_outside() reports; cleared at every terminal event.
+ *
  * Nothing after the commit may raise: an ERROR in a COMMIT callback is a
  * PANIC ("cannot abort transaction ..., it was already committed").
  * The list lives in TopMemoryContext and is emptied at every terminal
@@ -38,6 +42,7 @@
 #include <unistd.h>
 
 #include "access/xact.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "utils/memutils.h"
@@ -64,6 +69,29 @@ static XactAction *pending_actions = NULL;
 
 /* the Redis DEL built at pre-commit, sent at commit */
 static RedisPreparedClear *prepared_clear = NULL;
+
+/* a Redis write was sent in this transaction (a subabort cannot take it back) */
+static bool changed_outside = false;
+
+PG_FUNCTION_INFO_V1(regstage_xact_changed_outside);
+
+void
+xact_note_outside_change(void)
+{
+	changed_outside = true;
+}
+
+/*
+ * regstage.xact_changed_outside(): has this transaction written to Redis,
+ * made or marked files, or put or marked objects?  Such a change stays
+ * whatever becomes of the transaction, so a crash that forgot its commit
+ * would leave the two apart: its commit must not be asynchronous.
+ */
+Datum
+regstage_xact_changed_outside(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(changed_outside || pending_actions != NULL);
+}
 
 static XactAction *
 action_new(XactActionKind kind, const char *path)
@@ -378,11 +406,13 @@ xact_callback(XactEvent event, void *arg)
 			run_redis_clear();	/* 3. the staged keys go (best effort) */
 			delete_objects(XACT_S3_DELETE_ON_COMMIT, 1, "after commit");	/* 4. bounded */
 			release_all();
+			changed_outside = false;
 			break;
 		case XACT_EVENT_ABORT:
 			unlink_created(1);
 			delete_objects(XACT_S3_DELETE_ON_ABORT, 1, "of an aborted transaction");
 			release_all();
+			changed_outside = false;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending_actions != NULL)
@@ -395,6 +425,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			release_all();
+			changed_outside = false;
 			break;
 		default:
 			break;

@@ -173,13 +173,16 @@ exec_prepared(PGconn *conn, const char *name, const char *const *values)
 	if (prepared_on != conn)
 	{
 		/*
-		 * The sender's own transactions (claims, reports) commit without
-		 * waiting for their WAL flush: a chat's next call waits for the
-		 * report of the one before, and that wait was the flush.  A database
-		 * crash can forget the last moments of reports; those calls are sent
-		 * again, the same case as a relay killed between Telegram's answer
-		 * and the report.  Nothing can be lost: the calls themselves were
-		 * committed, durably, by the transactions that queued them.
+		 * The sender's reports commit without waiting for their WAL flush:
+		 * a chat's next call waits for the report of the one before, and
+		 * that wait was the flush.  A database crash can forget the last
+		 * moments of reports; those calls are sent again, the same case as
+		 * a relay killed between Telegram's answer and the report.  A claim
+		 * that hands out calls commits synchronously all the same
+		 * (outbox_claim raises synchronous_commit for its transaction): the
+		 * processors' commits do not wait for their flush, and the claim's
+		 * flush is what makes the calls it hands out durable before they
+		 * are sent.
 		 */
 		PGresult   *set = PQexec(conn, "SET synchronous_commit = off");
 

@@ -290,4 +290,39 @@ SELECT regstage.process_next(true, 3301, false) AS handled;
 SELECT regstage.process_next(true, 3302, false) AS handled;
 SELECT regstage.process_next(true, 3302) AS handled;
 
+-- Durability.  xact_changed_outside(): a Redis write (or a file) in this
+-- transaction, which process_next_batch() then commits synchronously
+BEGIN;
+SELECT regstage.xact_changed_outside() AS before_any_write;
+SELECT regstage.staged(3401) IS NULL AS nothing_staged;	-- a read is no change
+SELECT regstage.xact_changed_outside() AS after_a_read;
+SELECT regstage.stage_language(3401, 'en');
+SELECT regstage.xact_changed_outside() AS after_a_write;
+SAVEPOINT s;
+SELECT regstage.stage_language(3402, 'en');
+ROLLBACK TO s;						-- what reached Redis stays there
+SELECT regstage.xact_changed_outside() AS after_a_rolled_back_write;
+COMMIT;
+SELECT regstage.xact_changed_outside() AS next_transaction;
+-- a typed answer that was not staged (a name at the phone step) is no change
+SELECT regstage.stage_user_data(3401, '{"full_name": "Ivan Petrov"}');
+BEGIN;
+SELECT regstage.stage_text_answer(3401, 'Ivan Petrov')->>'staged' AS staged;
+SELECT regstage.xact_changed_outside() AS after_an_answer_not_staged;
+SELECT regstage.stage_text_answer(3401, '+7 916 123-45-67')->>'staged' AS staged;
+SELECT regstage.xact_changed_outside() AS after_an_answer_staged;
+ROLLBACK;
+SHOW regstage.inbox_async_commit;
+-- outbox_claim() commits synchronously when it hands out calls: a call
+-- queued by a commit that did not wait for its flush is flushed once the
+-- claim returns, before anyone can send it
+TRUNCATE regstage.inbox, regstage.outbox;
+SET synchronous_commit = off;
+SELECT regstage.send_message(3403, 'not flushed yet') > 0 AS queued;
+SELECT pg_current_wal_insert_lsn() AS queued_lsn \gset
+SELECT count(*) AS claimed FROM regstage.outbox_claim(10);
+SELECT pg_current_wal_flush_lsn() >= :'queued_lsn' AS durable_when_claimed;
+SHOW synchronous_commit;				-- the session's own setting is left alone
+RESET synchronous_commit;
+
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

@@ -34,6 +34,11 @@ RETURNS boolean LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_extend_ttl';
 CREATE OR REPLACE FUNCTION regstage.clear_registration(telegram_id bigint)
 RETURNS boolean LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_clear_registration';
 
+-- Has this transaction changed anything outside the database (a Redis
+-- write, a file, an object)?  process_next_batch() commits it synchronously.
+CREATE OR REPLACE FUNCTION regstage.xact_changed_outside()
+RETURNS boolean LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_xact_changed_outside';
+
 -- Validation helpers shared by the staging API and the conversation.
 CREATE OR REPLACE FUNCTION regstage.normalize_phone(phone text)
 RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'regstage_normalize_phone';

@@ -69,14 +69,15 @@ COMMENT ON FUNCTION regstage.store_updates(bigint[], bytea[], boolean) IS 'store
 COMMENT ON FUNCTION regstage.inbox_claim(bigint, boolean) IS 'process_next''s claim: the oldest due pending update (after after_update) of a chat nobody is processing, locked and marked done (process_next puts it back if applying it fails)';
 COMMENT ON FUNCTION regstage.process_next(boolean, bigint, boolean) IS 'applies the oldest due update (after after_update; retries whose wait ended first unless retries_first is false) of one chat and queues its replies; NULL when nothing is due';
 COMMENT ON PROCEDURE regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint) IS
-	'process_next() up to max_updates times (or max_ms), committing each: one round trip for many updates';
+	'process_next() up to max_updates times (or max_ms), committing each: one round trip for many updates; an update that changed nothing outside the database commits without waiting for its WAL flush (regstage.inbox_async_commit)';
+COMMENT ON FUNCTION regstage.xact_changed_outside() IS 'has this transaction written to Redis or made, marked or put files or objects (then its commit must be synchronous)';
 COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';
 COMMENT ON FUNCTION regstage.retry_update(bigint) IS 're-queues an update parked as failed; false when there is none';
 COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body a decodable update with this update_id';
 COMMENT ON FUNCTION regstage.queue_call(text, jsonb, bigint) IS 'queues a Bot API call in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.send_message(bigint, text, jsonb) IS 'queues a sendMessage in the caller''s transaction; delivered only if it commits';
 COMMENT ON FUNCTION regstage.outbox_notify() IS 'trigger: wakes the senders when calls are queued (at commit)';
-COMMENT ON FUNCTION regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[]) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease; with per_chat > 1 also the calls queued right after it (claimed one by one by outbox_report_batch)';
+COMMENT ON FUNCTION regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[]) IS 'claims due calls for a sender, the oldest pending of each chat, for a lease; with per_chat > 1 also the calls queued right after it (claimed one by one by outbox_report_batch); commits synchronously when it hands out calls, so they are durable before they are sent';
 COMMENT ON FUNCTION regstage.outbox_report(bigint, integer, text, integer) IS 'records what the Bot API answered for a claimed call: sent, retry later, or failed';
 COMMENT ON FUNCTION regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval) IS 'outbox_report for many calls in one statement; claims the next call of a chat once the one before it is done';
 COMMENT ON FUNCTION regstage.purge_processed(interval) IS 'deletes done inbox rows and sent outbox rows older than regstage.retention';

@@ -32,6 +32,7 @@ RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
 		   ('regstage.store_updates(bigint[], bytea[], boolean)'),
 		   ('regstage.process_next(boolean, bigint, boolean)'),
 		   ('regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint)'),
+		   ('regstage.xact_changed_outside()'),
 		   ('regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[])'),
 		   ('regstage.outbox_report(bigint, integer, text, integer)'),
 		   ('regstage.outbox_report_batch(bigint[], integer[], text[], integer[], bigint[], interval)'),
