@@ -501,6 +501,78 @@ def _():
     wait_for(lambda: env.calls(30006), 10, "next update also served")
 
 
+def crash_postgres():
+    """PostgreSQL killed as by a crash: WAL not yet written is lost."""
+    env.pg_ctl("stop", "-m", "immediate")
+    env.pg_ctl("start")
+    env.wait_pg()
+
+
+def at_phone_step(tids):
+    env.sql("SELECT regstage.stage_language(t, 'en'), regstage.stage_user_data(t, '{\"full_name\": \"Ivan Petrov\"}') "
+            "FROM unnest(ARRAY%s::bigint[]) t" % tids)
+
+
+@case("a database crash", "PostgreSQL killed (immediate stop), synchronous_commit on, the WAL writer held back (wal_writer_delay 10 s): "
+      "(1) 20 names staged in Redis while no sender may claim, the crash once all are processed: each chat then gets "
+      "'share your phone' once (an update that wrote to Redis is flushed at its commit); (2) 30 chats' typed "
+      "answers (no Redis write, asynchronous commits) answered, the crash at once: no reply sent again except a "
+      "call re-sent after its lease (every reply went out durable)")
+def _():
+    global relay
+    fast = {"RELAY_SEND_TIMEOUT": "2"}
+    env.sql("ALTER SYSTEM SET synchronous_commit = on")     # the test clusters run with it off
+    env.sql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    env.sql("ALTER SYSTEM SET wal_writer_flush_after = '1GB'")
+    env.sql("SELECT pg_reload_conf()")
+    relay.stop()
+    claim = "regstage.outbox_claim(integer, interval, integer, bigint, pg_snapshot, bigint[], bigint[])"
+    try:
+        # (1) names: a Redis write each; processed, not sent
+        tids = list(range(36500, 36520))
+        env.sql("SELECT regstage.stage_language(t, 'en') FROM unnest(ARRAY%s::bigint[]) t" % tids)
+        env.sql("REVOKE EXECUTE ON FUNCTION %s FROM relay_bot" % claim)
+        relay = Relay(env, extra_env=fast)
+        ids = env.inject([text(t, "Ivan Petrov") for t in tids])["update_ids"]
+        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.inbox WHERE status = 'done' AND update_id BETWEEN %d AND %d"
+                                 % (min(ids), max(ids))) == "20", 15, "(1) the 20 names processed")
+        relay.stop(signal.SIGKILL)
+        crash_postgres()
+        env.sql("GRANT EXECUTE ON FUNCTION %s TO relay_bot" % claim)
+        relay = Relay(env, extra_env=fast)
+        wait_for(lambda: all(texts(t) for t in tids), 20, "(1) the 20 replies")
+        time.sleep(1)
+        got = {t: texts(t) for t in tids}
+        bad = {t: x for t, x in got.items() if len(x) != 1 or not x[0].startswith("Please share your phone")}
+        assert not bad, "(1) a staged name processed again after the crash: %s" % bad
+        # (2) typed answers at the phone step: no Redis write, commits not flushed
+        tids = list(range(36600, 36630))
+        at_phone_step(tids)
+        ids = env.inject([text(t, "Ivan Petrov") for t in tids])["update_ids"]
+        wait_for(lambda: all(len(texts(t)) >= 2 for t in tids), 15, "(2) the 30 answers")
+        relay.stop(signal.SIGKILL)
+        crash_postgres()
+        relay = Relay(env, extra_env=fast)
+        time.sleep(9)           # a call whose report the crash lost is sent again after its lease (7 s)
+        wait_for(lambda: env.sql("SELECT count(*) FROM regstage.outbox WHERE status = 'pending' AND chat_id BETWEEN "
+                                 "36600 AND 36629") == "0", 20, "(2) the outbox sent")
+        sent = sum(len(texts(t)) for t in tids)
+        resent = int(env.sql("SELECT coalesce(sum(attempts - 1), 0) FROM regstage.outbox WHERE chat_id BETWEEN 36600 AND 36629"))
+        print("    (2) %d replies for 60 calls, %d re-sent after their lease" % (sent, resent))
+        assert env.sql("SELECT count(*), sum(attempts) FROM regstage.inbox WHERE status = 'done' AND update_id BETWEEN %d AND %d"
+                       % (min(ids), max(ids))) == "30|30", "(2) an update lost or processed twice"
+        assert sent - 60 <= resent, "(2) %d replies sent again, %d calls re-sent: a reply of a lost commit went out" \
+            % (sent - 60, resent)
+    finally:
+        env.sql("GRANT EXECUTE ON FUNCTION %s TO relay_bot" % claim, check=False)
+        env.sql("ALTER SYSTEM RESET synchronous_commit", check=False)
+        env.sql("ALTER SYSTEM RESET wal_writer_delay", check=False)
+        env.sql("ALTER SYSTEM RESET wal_writer_flush_after", check=False)
+        env.sql("SELECT pg_reload_conf()", check=False)
+        relay.stop(signal.SIGKILL)
+        relay = Relay(env)
+
+
 @case("https", "Bot API over TLS: RELAY_CA_FILE trusts a private CA -> reply; without it the certificate is refused, logged, no reply")
 def _():
     import json
