@@ -305,6 +305,11 @@ redis_stage_text_answer(int64 telegram_id, const char *username, const char *con
 				 errmsg("Redis at %s answered the staging script with an unexpected reply", redis_address())));
 	*step = r->elem[0]->str;
 	*wrote = (r->elem[1]->integer == 1);
+	/*
+	 * After the round trip: most answers write nothing (a name typed at
+	 * the phone step).  An error here may hide a write, but the error puts
+	 * the update back to be processed again anyway.
+	 */
 	if (*wrote)
 		xact_note_outside_change();
 	return staged_from_replies(&r->elem[2], keys[0]);

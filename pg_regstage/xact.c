@@ -31,6 +31,7 @@
  * Apart from the list, one flag: whether the transaction changed anything
  * outside the database (xact_note_outside_change), which
  * regstage.xact_changed_outside() reports; cleared at every terminal event.
+ * And how durable its commit must be: regstage.xact_commit_durably().
  *
  * Nothing after the commit may raise: an ERROR in a COMMIT callback is a
  * PANIC ("cannot abort transaction ..., it was already committed").
@@ -45,6 +46,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 
 #include "redis_staging.h"
@@ -91,6 +93,30 @@ Datum
 regstage_xact_changed_outside(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(changed_outside || pending_actions != NULL);
+}
+
+PG_FUNCTION_INFO_V1(regstage_xact_commit_durably);
+
+/*
+ * regstage.xact_commit_durably(): this transaction's commit waits for its
+ * WAL flush, and for the synchronous standbys' if any are named, whatever
+ * the session says: synchronous_commit is raised, for this transaction
+ * only, to "on", or to the server's own setting when that is stronger
+ * (remote_apply).  A setting at least "on" is left alone.  outbox_claim()
+ * calls it: its flush is what makes the calls it hands out durable.
+ */
+Datum
+regstage_xact_commit_durably(PG_FUNCTION_ARGS)
+{
+	const char *configured;
+
+	if (synchronous_commit >= SYNCHRONOUS_COMMIT_ON)
+		PG_RETURN_VOID();
+	configured = GetConfigOptionResetString("synchronous_commit");
+	(void) set_config_option("synchronous_commit",
+							 configured && strcmp(configured, "remote_apply") == 0 ? "remote_apply" : "on",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	PG_RETURN_VOID();
 }
 
 static XactAction *

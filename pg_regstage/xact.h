@@ -57,9 +57,9 @@ extern void xact_s3_keep_object(const char *key);
 extern void xact_clear_redis_on_commit(int64 telegram_id, int64 user_id);
 
 /*
- * This transaction changed something outside the database (a Redis write,
- * a file, an object), which its commit cannot take back if a crash then
- * forgets it.  Noted before the change is sent; read by
+ * This transaction changed something outside the database (a write of
+ * staged data to Redis — a TTL refresh is no change —, a file, an object),
+ * which a crash that forgot its commit could not take back.  Noted before the change is sent; read by
  * regstage.xact_changed_outside(), so that process_next_batch() commits
  * such a transaction as synchronously as the session is configured to, and
  * only the others without waiting for their WAL flush.

@@ -320,9 +320,28 @@ TRUNCATE regstage.inbox, regstage.outbox;
 SET synchronous_commit = off;
 SELECT regstage.send_message(3403, 'not flushed yet') > 0 AS queued;
 SELECT pg_current_wal_insert_lsn() AS queued_lsn \gset
+BEGIN;
 SELECT count(*) AS claimed FROM regstage.outbox_claim(10);
+SHOW synchronous_commit;				-- raised for this transaction
+COMMIT;
 SELECT pg_current_wal_flush_lsn() >= :'queued_lsn' AS durable_when_claimed;
 SHOW synchronous_commit;				-- the session's own setting is left alone
+-- a claim that hands out nothing leaves it alone
+BEGIN;
+SELECT count(*) AS claimed FROM regstage.outbox_claim(10);
+SHOW synchronous_commit;
+COMMIT;
+-- local (no wait for the standbys) is raised too; a stronger one is kept
+SET synchronous_commit = local;
+BEGIN;
+SELECT regstage.xact_commit_durably();
+SHOW synchronous_commit;
+COMMIT;
+SET synchronous_commit = remote_apply;
+BEGIN;
+SELECT regstage.xact_commit_durably();
+SHOW synchronous_commit;
+COMMIT;
 RESET synchronous_commit;
 
 SELECT count(*) FROM regstage_test.redis('FLUSHALL');

@@ -39,6 +39,11 @@ RETURNS boolean LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_clear_regist
 CREATE OR REPLACE FUNCTION regstage.xact_changed_outside()
 RETURNS boolean LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_xact_changed_outside';
 
+-- This transaction's commit waits for its flush (and the synchronous
+-- standbys), whatever the session's synchronous_commit: outbox_claim().
+CREATE OR REPLACE FUNCTION regstage.xact_commit_durably()
+RETURNS void LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'regstage_xact_commit_durably';
+
 -- Validation helpers shared by the staging API and the conversation.
 CREATE OR REPLACE FUNCTION regstage.normalize_phone(phone text)
 RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'regstage_normalize_phone';

@@ -70,7 +70,8 @@ COMMENT ON FUNCTION regstage.inbox_claim(bigint, boolean) IS 'process_next''s cl
 COMMENT ON FUNCTION regstage.process_next(boolean, bigint, boolean) IS 'applies the oldest due update (after after_update; retries whose wait ended first unless retries_first is false) of one chat and queues its replies; NULL when nothing is due';
 COMMENT ON PROCEDURE regstage.process_next_batch(integer, integer, boolean, bigint, integer, bigint) IS
 	'process_next() up to max_updates times (or max_ms), committing each: one round trip for many updates; an update that changed nothing outside the database commits without waiting for its WAL flush (regstage.inbox_async_commit)';
-COMMENT ON FUNCTION regstage.xact_changed_outside() IS 'has this transaction written to Redis or made, marked or put files or objects (then its commit must be synchronous)';
+COMMENT ON FUNCTION regstage.xact_changed_outside() IS 'has this transaction written staged data to Redis or made, marked or put files or objects (then its commit must be synchronous)';
+COMMENT ON FUNCTION regstage.xact_commit_durably() IS 'this transaction commits synchronously (synchronous_commit raised to on, or to the server''s remote_apply), whatever the session says';
 COMMENT ON FUNCTION regstage.dispatch_update(jsonb) IS 'conversation: one decoded update to its Bot API calls (no dedupe, no error handling)';
 COMMENT ON FUNCTION regstage.retry_update(bigint) IS 're-queues an update parked as failed; false when there is none';
 COMMENT ON FUNCTION regstage.body_is_update(bytea, bigint) IS 'is this raw body a decodable update with this update_id';

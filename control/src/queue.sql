@@ -561,11 +561,10 @@ BEGIN
 	-- What is handed out must be durable before anyone sends it: a call
 	-- queued by a commit that did not wait for its flush (process_next_batch)
 	-- is, once this claim's commit is flushed (its commit record comes after
-	-- theirs).  So this transaction commits synchronously even when the
-	-- caller's session says off (the relay's sender does, for its reports).
-	IF current_setting('synchronous_commit') = 'off' THEN
-		PERFORM set_config('synchronous_commit', 'on', true);
-	END IF;
+	-- theirs) and, with synchronous standbys, on them.  So this transaction
+	-- commits synchronously even when the caller's session says off (the
+	-- relay's sender does, for its reports); send after it committed.
+	PERFORM regstage.xact_commit_durably();
 	RETURN QUERY
 	WITH claimed AS (
 		UPDATE regstage.outbox o SET claimed_until = now() + lease, attempts = o.attempts + 1
