@@ -49,6 +49,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "guc.h"
 #include "redis_staging.h"
 #include "s3.h"
 #include "upload.h"
@@ -92,6 +93,7 @@ xact_note_outside_change(void)
 Datum
 regstage_xact_changed_outside(PG_FUNCTION_ARGS)
 {
+	REGSTAGE_REQUIRE_PRELOAD();	/* without it no callback clears the flag */
 	PG_RETURN_BOOL(changed_outside || pending_actions != NULL);
 }
 
@@ -110,6 +112,7 @@ regstage_xact_commit_durably(PG_FUNCTION_ARGS)
 {
 	const char *configured;
 
+	REGSTAGE_REQUIRE_PRELOAD();
 	if (synchronous_commit >= SYNCHRONOUS_COMMIT_ON)
 		PG_RETURN_VOID();
 	configured = GetConfigOptionResetString("synchronous_commit");
