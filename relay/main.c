@@ -38,7 +38,7 @@ usage(FILE *out)
 			"  TELEGRAM_API_URL     Bot API base URL (default https://api.telegram.org)\n"
 			"  DATABASE_URL         libpq connection string or URI (default: libpq's defaults)\n"
 			"  RELAY_WORKERS        processors: connections running process_next (default 4)\n"
-			"  RELAY_SEND_CONCURRENCY  Bot API calls in flight at once (default 16)\n"
+			"  RELAY_SEND_CONCURRENCY  Bot API calls in flight at once (default 32)\n"
 			"  RELAY_SEND_TIMEOUT   seconds one Bot API call may take (default 30); a call\n"
 			"                       of a relay that died is sent again 5 s after that\n"
 			"  RELAY_POLL_TIMEOUT   getUpdates long-poll timeout in seconds (default 50)\n"
@@ -88,7 +88,7 @@ load_config(void)
 	if (relay_config.database_url == NULL)
 		relay_config.database_url = "";
 	relay_config.workers = env_int("RELAY_WORKERS", 4, 1, 256);
-	relay_config.send_concurrency = env_int("RELAY_SEND_CONCURRENCY", 16, 1, 256);
+	relay_config.send_concurrency = env_int("RELAY_SEND_CONCURRENCY", 32, 1, 256);
 	relay_config.send_timeout_s = env_int("RELAY_SEND_TIMEOUT", 30, 1, 600);
 	relay_config.poll_timeout_s = env_int("RELAY_POLL_TIMEOUT", 50, 0, 600);
 	relay_config.webhook_listen = getenv("RELAY_WEBHOOK_LISTEN");

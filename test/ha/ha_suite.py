@@ -748,8 +748,8 @@ def part_relays(pg):
     log("calls the dead relay had claimed, sent again when their lease ended: %s; of them delivered twice "
         "(accepted by Telegram, not yet reported at the kill: the documented window): %d %s"
         % (resent, len(twice), twice[:6]))
-    check(len(twice) <= int(resent) and len(twice) <= 16,
-          "replies sent twice: %d, only calls in flight at the kill (<= RELAY_SEND_CONCURRENCY 16)" % len(twice))
+    check(len(twice) <= int(resent) and len(twice) <= 32,
+          "replies sent twice: %d, only calls in flight at the kill (<= RELAY_SEND_CONCURRENCY 32)" % len(twice))
     staged = pg.psql("SELECT count(*) FROM unnest('{%s}'::bigint[]) t, regstage.staged(t) s "
                      "WHERE s->>'language' = 'en' AND s->'data'->>'full_name' = '%s' AND s->'data' ? 'phone' "
                      "AND regstage.missing(t) = '{passport,selfie}'" % (cs, NAMES[-1]))

@@ -188,7 +188,9 @@ def _():
 
 
 def sigkill_stages():
-    fast = {"RELAY_SEND_TIMEOUT": "2"}          # a dead relay's claim ends 7 s later
+    # a dead relay's claim ends 7 s later; 8 calls in flight, so that the kill
+    # in (4) falls mid-stream (50 sends of 0.5 s each take 3.5 s)
+    fast = {"RELAY_SEND_TIMEOUT": "2", "RELAY_SEND_CONCURRENCY": "8"}
     twice = 0
     # (1) stored, not processed: processors lack process_next
     env.sql("REVOKE EXECUTE ON FUNCTION regstage.process_next(boolean, bigint, boolean) FROM relay_bot")
