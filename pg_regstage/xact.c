@@ -317,6 +317,7 @@ release_all(void)
 		redis_free_prepared_clear(prepared_clear);
 	prepared_clear = NULL;
 	s3_forget_delete_credentials();
+	changed_outside = false;
 }
 
 /*
@@ -435,13 +436,11 @@ xact_callback(XactEvent event, void *arg)
 			run_redis_clear();	/* 3. the staged keys go (best effort) */
 			delete_objects(XACT_S3_DELETE_ON_COMMIT, 1, "after commit");	/* 4. bounded */
 			release_all();
-			changed_outside = false;
 			break;
 		case XACT_EVENT_ABORT:
 			unlink_created(1);
 			delete_objects(XACT_S3_DELETE_ON_ABORT, 1, "of an aborted transaction");
 			release_all();
-			changed_outside = false;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending_actions != NULL)
@@ -454,7 +453,6 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			release_all();
-			changed_outside = false;
 			break;
 		default:
 			break;
